@@ -1,0 +1,40 @@
+# The two commands that do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+PYTEST_ARGS ?=
+
+.PHONY: venv demo demo-manager test lint bench bench-ray clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import trainkeep, torch, pytest, moto, hypothesis"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main demo: a training loop whose checkpoints are kept by score, on local storage.
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+## The engine on its own, in a plain loop (no trainer).
+demo-manager: $(STAMP)
+	$(PY) examples/demo_manager.py
+
+## The full test suite.
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy src
+
+## Persistence benchmarks (never part of `make test`).
+bench: $(STAMP)
+	$(PY) benchmarks/bench_report.py
+	$(PY) benchmarks/bench_persist.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis demo_runs

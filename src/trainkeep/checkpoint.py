@@ -1,0 +1,166 @@
+"""Checkpoint: a directory on a filesystem, as in Ray Train."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+
+from trainkeep.layout import METADATA_NAME, is_reserved_file
+
+
+class Checkpoint:
+    """A directory of files that make up one checkpoint, on the local disk or any fsspec filesystem.
+
+    Two Checkpoints are equal when they name the same path on the same filesystem.
+
+    Args:
+        path: a local path or a URL (``s3://bucket/run/checkpoint_000003``).
+        filesystem: the fsspec filesystem of ``path``; inferred from the URL when None.
+    """
+
+    def __init__(self, path: str | os.PathLike, filesystem: fsspec.AbstractFileSystem | None = None) -> None:
+        path = os.fspath(path)
+        if filesystem is None:
+            filesystem, path = fsspec.core.url_to_fs(os.path.expanduser(path))
+        elif hasattr(filesystem, "_strip_protocol"):
+            path = filesystem._strip_protocol(path)
+        self.filesystem: fsspec.AbstractFileSystem = filesystem
+        self.path: str = str(path).rstrip("/") or "/"
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> Checkpoint:
+        """Return a Checkpoint for a local directory (nothing is copied until it is reported)."""
+        return cls(os.path.abspath(os.path.expanduser(os.fspath(path))), fsspec.filesystem("file"))
+
+    @property
+    def is_local(self) -> bool:
+        return "file" in _protocols(self.filesystem)
+
+    def to_directory(self, path: str | os.PathLike | None = None) -> str:
+        """Copy the checkpoint's files into local directory ``path`` (a fresh temp dir when None); return it.
+
+        trainkeep's own bookkeeping files are not copied. Existing files of the same names are replaced.
+        """
+        dest = os.fspath(path) if path is not None else tempfile.mkdtemp(
+            prefix=f"checkpoint_tmp_{uuid.uuid4().hex[:8]}_"
+        )
+        os.makedirs(dest, exist_ok=True)
+        for rel in self._files():
+            target = os.path.join(dest, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            src = f"{self.path}/{rel}"
+            if self.is_local:
+                shutil.copyfile(src, target)
+            else:
+                self.filesystem.get_file(src, target)
+        return dest
+
+    @contextlib.contextmanager
+    def as_directory(self) -> Iterator[str]:
+        """Yield a local directory holding the checkpoint's files.
+
+        A local checkpoint yields its own path (no copy; do not modify it). A remote one is downloaded to a
+        temp dir that is removed on exit.
+        """
+        if self.is_local:
+            yield self.path
+            return
+        tmp = self.to_directory()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _files(self) -> list[str]:
+        if not self.filesystem.isdir(self.path):
+            raise FileNotFoundError(f"checkpoint directory {self.path!r} does not exist")
+        base = self.path.rstrip("/")
+        out = []
+        for full in self.filesystem.find(self.path):
+            rel = full[len(base) :].lstrip("/") if full.startswith(base) else full.rsplit("/", 1)[-1]
+            if not is_reserved_file(rel):
+                out.append(rel)
+        return sorted(out)
+
+    def get_metadata(self) -> dict[str, Any]:
+        """Return the user metadata stored with the checkpoint ({} when none)."""
+        path = f"{self.path}/{METADATA_NAME}"
+        try:
+            raw = self.filesystem.cat_file(path)
+        except FileNotFoundError:
+            return {}
+        return json.loads(raw)
+
+    def set_metadata(self, metadata: dict[str, Any]) -> None:
+        """Replace the user metadata. It is encoded first, so a value JSON cannot hold changes nothing.
+
+        Raises:
+            TypeError when ``metadata`` is not a dict or holds values JSON cannot encode.
+        """
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        try:
+            data = json.dumps(metadata).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+        path = f"{self.path}/{METADATA_NAME}"
+        if self.is_local:
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.filesystem.pipe_file(path, data)
+
+    def update_metadata(self, metadata: dict[str, Any]) -> None:
+        """Merge ``metadata`` into the stored metadata (``dict.update``)."""
+        merged = self.get_metadata()
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        merged.update(metadata)
+        self.set_metadata(merged)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Checkpoint):
+            return NotImplemented
+        return self.path == other.path and _fs_key(self.filesystem) == _fs_key(other.filesystem)
+
+    def __hash__(self) -> int:
+        return hash((self.path, _protocols(self.filesystem)))
+
+    def __repr__(self) -> str:
+        proto = "local" if self.is_local else _protocols(self.filesystem)[0]
+        return f"Checkpoint(filesystem={proto}, path={self.path})"
+
+    def __fspath__(self) -> str:
+        raise TypeError(
+            "a Checkpoint is not a path; use `with checkpoint.as_directory() as d:` or checkpoint.path"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "filesystem": self.filesystem}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self.filesystem = state["filesystem"]
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _fs_key(fs: fsspec.AbstractFileSystem) -> Any:
+    if "file" in _protocols(fs):
+        return ("file",)
+    return (_protocols(fs), getattr(fs, "_fs_token", id(fs)))

@@ -1,0 +1,134 @@
+"""The exception hierarchy.
+
+Every error trainkeep raises derives from :class:`TrainkeepError` and from the builtin a Python user would
+catch for the same mistake (``ValueError`` for a bad value, ``TypeError`` for a bad type, ``OSError`` for a
+failed storage operation), so ``except ValueError`` keeps working for code written against Ray Train.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class TrainkeepError(Exception):
+    """Base class of every error raised by trainkeep."""
+
+
+class ConfigError(TrainkeepError, ValueError):
+    """A configuration value is out of range; the message names the field, the value and what is allowed."""
+
+
+class ConfigTypeError(TrainkeepError, TypeError):
+    """A configuration value has the wrong type; the message names the field, the value and what is allowed."""
+
+
+class InvalidCheckpointNameError(TrainkeepError, ValueError):
+    """A checkpoint directory name is not allowed (separators, ``..``, NUL, reserved prefixes, too long)."""
+
+
+class CheckpointExistsError(TrainkeepError, FileExistsError):
+    """A checkpoint directory name is already taken in this run; it is never overwritten."""
+
+
+class InvalidMetricsError(TrainkeepError, TypeError):
+    """Reported metrics are not a flat-or-nested dict of JSON-serialisable values with string keys."""
+
+
+class ScoreTypeError(TrainkeepError, TypeError):
+    """The score attribute in a report is present but is not a real number."""
+
+
+class RunLockedError(TrainkeepError, RuntimeError):
+    """Another live writer holds the run."""
+
+    def __init__(self, run_path: str, holder: dict | None) -> None:
+        self.run_path = run_path
+        self.holder = holder or {}
+        who = describe_holder(self.holder)
+        super().__init__(
+            f"run {run_path} is already held by {who}; only one trainer or CheckpointManager may write to a "
+            "run at a time. Stop the other writer, or use a different RunConfig(name=...)."
+        )
+
+
+class RunNotFoundError(TrainkeepError, FileNotFoundError):
+    """The path holds no trainkeep run."""
+
+
+class CorruptRunError(TrainkeepError, ValueError):
+    """A file of ours (run index, manifest, history) cannot be parsed or fails validation."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class IncompatibleRunError(TrainkeepError, RuntimeError):
+    """The run was written by a newer trainkeep whose format this version cannot read safely."""
+
+
+class StorageError(TrainkeepError, OSError):
+    """A storage operation failed; carries the errno (when known) and the path."""
+
+    def __init__(self, op: str, path: str, cause: BaseException | None = None, errno: int | None = None) -> None:
+        if errno is None and isinstance(cause, OSError):
+            errno = cause.errno
+        self.op = op
+        self.path = path
+        self.cause = cause
+        code = f" [{_errno.errorcode.get(errno, errno)}]" if errno else ""
+        detail = f": {cause}" if cause is not None else ""
+        OSError.__init__(self, errno or 0, f"{op} failed for {path}{code}{detail}")
+        self.filename = path
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+    def __reduce__(self):  # keep it picklable across worker processes
+        return (type(self), (self.op, self.path, None, self.errno))
+
+
+class ChecksumMismatchError(TrainkeepError, OSError):
+    """A checkpoint file does not match the size or checksum recorded in its manifest."""
+
+
+class SessionError(TrainkeepError, RuntimeError):
+    """A session function was called outside of a training run."""
+
+
+class TrainingFailedError(TrainkeepError, RuntimeError):
+    """The training run failed and no retries are left.
+
+    ``worker_failures`` maps each failed world rank to its exception; ``tracebacks`` holds each one's formatted
+    traceback as text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        worker_failures: dict[int, BaseException] | None = None,
+        tracebacks: dict[int, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.worker_failures = dict(worker_failures or {})
+        self.tracebacks = dict(tracebacks or {})
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.worker_failures, self.tracebacks))
+
+
+class ReportTimeoutError(TrainkeepError, TimeoutError):
+    """Some workers did not reach a report round in time (uneven ``report()`` calls, or a hung worker)."""
+
+
+def describe_holder(holder: dict) -> str:
+    """Return a one-line description of a lock holder record."""
+    if not holder:
+        return "another writer"
+    parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("host"):
+        parts.append(f"on host {holder['host']}")
+    if holder.get("since"):
+        parts.append(f"since {holder['since']}")
+    return " ".join(parts)

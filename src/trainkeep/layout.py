@@ -1,0 +1,107 @@
+"""Every on-storage name trainkeep uses, and the validation of names that users supply.
+
+Layout of a run::
+
+    <storage_path>/<name>/
+      trainkeep_run.json            the run index (a cache: rebuilt from manifests when missing or corrupt)
+      history.jsonl                 one JSON line per completed round, append-only
+      .trainkeep/lock               the single-writer lock
+      .trainkeep/intent-<ckpt>.json the record that a checkpoint directory is being written by us
+      <checkpoint name>/            the workers' files
+        .trainkeep_manifest.json    the commit record; written last
+"""
+
+from __future__ import annotations
+
+import re
+
+from trainkeep.errors import InvalidCheckpointNameError
+
+RUN_INDEX_NAME = "trainkeep_run.json"
+HISTORY_NAME = "history.jsonl"
+INTERNAL_DIR = ".trainkeep"
+LOCK_NAME = "lock"
+MANIFEST_NAME = ".trainkeep_manifest.json"
+INTENT_PREFIX = "intent-"
+TEMP_SUFFIX = ".trainkeep_tmp"
+METADATA_NAME = ".metadata.json"
+MAX_NAME_LENGTH = 100
+
+RESERVED_PREFIXES = (".trainkeep", "trainkeep_run", "history.jsonl")
+DEFAULT_CHECKPOINT_RE = re.compile(r"^checkpoint_\d{6,}$")
+
+
+def default_checkpoint_name(round_index: int) -> str:
+    """Return the default directory name of the checkpoint of round ``round_index``."""
+    return f"checkpoint_{round_index:06d}"
+
+
+def _check_component(kind: str, name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidCheckpointNameError(f"{kind} must be a string, got {name!r} ({type(name).__name__})")
+    problem = None
+    if not name:
+        problem = "it is empty"
+    elif len(name) > MAX_NAME_LENGTH:
+        problem = f"it has {len(name)} characters (at most {MAX_NAME_LENGTH} are allowed)"
+    elif "/" in name or "\\" in name:
+        problem = "it contains a path separator ('/' or '\\')"
+    elif "\x00" in name:
+        problem = "it contains a NUL character"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "it contains a control character"
+    elif name in (".", "..") or ".." in name:
+        problem = "it contains '..'"
+    elif name != name.strip():
+        problem = "it starts or ends with whitespace"
+    elif name.startswith(RESERVED_PREFIXES):
+        problem = f"it starts with a reserved prefix ({', '.join(repr(p) for p in RESERVED_PREFIXES)})"
+    elif name.startswith("."):
+        problem = "it starts with '.' (hidden names are reserved)"
+    if problem:
+        raise InvalidCheckpointNameError(
+            f"{kind} {name!r} is not allowed: {problem}. Use a single directory name of at most "
+            f"{MAX_NAME_LENGTH} characters without '/', '\\', '..', NUL or a leading '.'"
+        )
+    return name
+
+
+def validate_checkpoint_name(name: object) -> str:
+    """Return ``name`` if it is a valid checkpoint directory name.
+
+    Raises:
+        InvalidCheckpointNameError (a ValueError) naming the value and the rule it breaks.
+    """
+    return _check_component("checkpoint_dir_name", name)
+
+
+def validate_run_name(name: object) -> str:
+    """Return ``name`` if it is a valid run name (a single directory name, as for checkpoints)."""
+    return _check_component("RunConfig.name", name)
+
+
+def validate_relative_path(path: object) -> str:
+    """Return ``path`` if it is a safe relative file path inside a checkpoint (as recorded in a manifest).
+
+    Raises:
+        InvalidCheckpointNameError when it is absolute, escapes with ``..``, or holds NUL or backslashes.
+    """
+    if not isinstance(path, str) or not path:
+        raise InvalidCheckpointNameError(f"file path must be a non-empty string, got {path!r}")
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or "\x00" in path or any(p in ("", ".", "..") for p in parts):
+        raise InvalidCheckpointNameError(
+            f"file path {path!r} is not a safe relative path inside a checkpoint"
+        )
+    return path
+
+
+def is_reserved_file(relative_path: str) -> bool:
+    """Return True for files of ours that must not be copied as user files (manifest, temp files)."""
+    base = relative_path.rsplit("/", 1)[-1]
+    return base.startswith(".trainkeep") or base.endswith(TEMP_SUFFIX)
+
+
+def intent_name(checkpoint_name: str) -> str:
+    """Return the file name of the intent record for ``checkpoint_name``."""
+    return f"{INTENT_PREFIX}{checkpoint_name}.json"

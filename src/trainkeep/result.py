@@ -1,0 +1,119 @@
+"""Result: what a run produced, from ``fit()`` or read back from storage with ``Result.from_path``."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from trainkeep.checkpoint import Checkpoint
+from trainkeep.config import CheckpointConfig
+from trainkeep.errors import ConfigError
+from trainkeep.metrics import MISSING, flatten, is_real_number, lookup
+from trainkeep.retention import Record, best_checkpoints
+from trainkeep.run import read_run
+from trainkeep.storage import resolve
+
+
+@dataclass
+class Result:
+    """The outcome of a run.
+
+    Attributes:
+        metrics: the metrics of the last completed round (rank 0's), or None when nothing was reported.
+        checkpoint: the latest committed checkpoint, or None.
+        best_checkpoints: the top ``num_to_keep`` checkpoints by the run's score, as (Checkpoint, metrics),
+            best last.
+        path: the run directory (without the URL scheme; see ``filesystem``).
+        filesystem: the fsspec filesystem of ``path``.
+        error: the error that ended the run, if any.
+        return_value: what rank 0's training function returned.
+    """
+
+    metrics: dict[str, Any] | None
+    checkpoint: Checkpoint | None
+    path: str
+    filesystem: fsspec.AbstractFileSystem | None = None
+    best_checkpoints: list[tuple[Checkpoint, dict[str, Any]]] = field(default_factory=list)
+    error: BaseException | None = None
+    return_value: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, storage_filesystem: Any = None) -> Result:
+        """Read a run's Result from storage (local path or URL) without a trainer; nothing is written.
+
+        Raises:
+            RunNotFoundError (a FileNotFoundError) when the path holds no trainkeep run.
+        """
+        storage, run_path = resolve(path, storage_filesystem)
+        state = read_run(storage, run_path)
+        config = CheckpointConfig.from_dict(state.index.checkpoint_config)
+        records = [Record(c.name, c.round, c.metrics) for c in state.index.checkpoints]
+        best = [(Checkpoint(storage.join(run_path, r.name), storage.fs), dict(r.metrics))
+                for r in best_checkpoints(records, config)]
+        latest = records[-1] if records else None
+        return cls(
+            metrics=dict(state.history[-1]["metrics"]) if state.history else None,
+            checkpoint=Checkpoint(storage.join(run_path, latest.name), storage.fs) if latest else None,
+            path=run_path,
+            filesystem=storage.fs,
+            best_checkpoints=best,
+            history=state.history,
+        )
+
+    @property
+    def metrics_dataframe(self) -> Any:
+        """A pandas DataFrame with one row per completed round, nested metrics flattened with "/".
+
+        Besides the metrics it has the columns ``round``, ``time`` and ``checkpoint_dir_name`` (unless a metric
+        of the same name exists). Raises ImportError with an install hint when pandas is missing.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "Result.metrics_dataframe needs pandas: pip install 'trainkeep[pandas]'"
+            ) from None
+        rows = []
+        for row in self.history:
+            flat = {"round": row["round"], "time": row["time"], "checkpoint_dir_name": row.get("checkpoint")}
+            flat.update(flatten(row["metrics"]))
+            rows.append(flat)
+        return pd.DataFrame(rows)
+
+    def get_best_checkpoint(self, metric: str, mode: str) -> Checkpoint:
+        """Return the best of ``best_checkpoints`` by ``metric`` ("a/b" for nested) under ``mode``.
+
+        Reports where the metric is missing, None or NaN are ignored; on a tie the newer checkpoint wins.
+
+        Raises:
+            ValueError for a mode other than "min"/"max"; RuntimeError when there are no checkpoints or no
+            checkpoint has the metric.
+        """
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
+        if not self.best_checkpoints:
+            raise RuntimeError(f"run {self.path} has no checkpoints")
+        best: tuple[float, Checkpoint] | None = None
+        for ckpt, metrics in self.best_checkpoints:
+            value = lookup(metrics, metric)
+            if value is MISSING or not is_real_number(value) or math.isnan(value):
+                continue
+            score = value if mode == "max" else -value
+            if best is None or score >= best[0]:
+                best = (score, ckpt)
+        if best is None:
+            names = sorted({k for _, m in self.best_checkpoints for k in flatten(m)})
+            raise RuntimeError(f"no checkpoint of run {self.path} has a numeric metric {metric!r}; "
+                               f"metrics present: {names}")
+        return best[1]
+
+    def __repr__(self) -> str:
+        parts = [f"metrics={self.metrics!r}", f"checkpoint={self.checkpoint!r}", f"path={self.path!r}"]
+        if self.error is not None:
+            parts.append(f"error={self.error!r}")
+        return f"Result({', '.join(parts)})"
