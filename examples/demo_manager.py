@@ -1,5 +1,7 @@
 """The engine in a plain loop: fit a linear model with numpy, checkpoint every epoch, keep the best two.
 
+Every fourth epoch takes an overshooting step, so val_loss goes up and down: retention evicts the worse
+checkpoints as better ones arrive, and keeps the latest one even when it is bad (it is never deleted).
 Run it twice to see it resume: the second run continues from the newest committed checkpoint.
 
     make demo-manager          # or: .venv/bin/python examples/demo_manager.py [RUN_DIR]
@@ -17,6 +19,10 @@ import numpy as np
 import trainkeep as tk
 
 
+def on_storage(run_dir: str) -> list[str]:
+    return sorted(n for n in os.listdir(run_dir) if n.startswith("checkpoint_"))
+
+
 def main(run_dir: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rng = np.random.default_rng(0)
@@ -32,20 +38,22 @@ def main(run_dir: str) -> None:
         if resume is not None:
             with resume.as_directory() as d:
                 weights = np.load(os.path.join(d, "weights.npy"))
-                start = resume.get_metadata()["epoch"] + 1
+            start = resume.get_metadata()["epoch"] + 1
             print(f"resumed from {resume.path} at epoch {start}")
 
         for epoch in range(start, start + 8):
-            lr = 0.05 if epoch % 3 else 0.4  # every third epoch overshoots, so scores go up and down
+            lr = 1.3 if epoch % 4 == 3 else 0.15  # an overshooting step every fourth epoch: the loss jumps up
             grad = 2 * x_train.T @ (x_train @ weights - y_train) / len(y_train)
             weights = weights - lr * grad
             val_loss = float(np.mean((x_val @ weights - y_val) ** 2))
+            before = on_storage(run_dir)
             with tempfile.TemporaryDirectory() as d:
                 np.save(os.path.join(d, "weights.npy"), weights)
                 checkpoint = tk.Checkpoint.from_directory(d)
                 checkpoint.set_metadata({"epoch": epoch})
                 manager.report({"epoch": epoch, "val_loss": val_loss}, checkpoint=checkpoint)
-            print(f"epoch {epoch:2d}  val_loss {val_loss:8.4f}")
+            evicted = sorted(set(before) - set(on_storage(run_dir)))
+            print(f"epoch {epoch:2d}  val_loss {val_loss:8.4f}  evicted: {', '.join(evicted) or '-'}")
 
         print("\nkept checkpoints and why:")
         decision = manager.retention_decision()
@@ -53,7 +61,7 @@ def main(run_dir: str) -> None:
             print(f"  {record.name}  val_loss={record.metrics['val_loss']:8.4f}  {decision.reasons[record.name]}")
         best, metrics = manager.best_checkpoints[-1]
         print(f"\nbest: {best.path} (val_loss {metrics['val_loss']:.4f})")
-        print(f"on storage: {sorted(n for n in os.listdir(run_dir) if n.startswith('checkpoint_'))}")
+        print(f"on storage: {on_storage(run_dir)}")
 
 
 if __name__ == "__main__":

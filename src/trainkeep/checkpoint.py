@@ -13,7 +13,7 @@ from typing import Any
 
 import fsspec
 
-from trainkeep.layout import METADATA_NAME, is_reserved_file
+from trainkeep.layout import METADATA_NAME, TEMP_SUFFIX, is_reserved_file
 
 
 class Checkpoint:
@@ -47,28 +47,32 @@ class Checkpoint:
     def to_directory(self, path: str | os.PathLike | None = None) -> str:
         """Copy the checkpoint's files into local directory ``path`` (a fresh temp dir when None); return it.
 
-        trainkeep's own bookkeeping files are not copied. Existing files of the same names are replaced.
+        Files are fetched in parallel and, when the checkpoint has a manifest, each is verified against it
+        before it takes its name. trainkeep's own bookkeeping files are not copied. Existing files of the same
+        names are replaced.
+
+        Raises:
+            FileNotFoundError when the checkpoint directory does not exist; ChecksumMismatchError naming a file
+            that differs from the manifest or is missing; CorruptRunError for an invalid manifest;
+            StorageError when the store fails.
         """
+        from trainkeep.storage import storage_for
+        from trainkeep.storage.download import download_tree, expected_files
+
         dest = os.fspath(path) if path is not None else tempfile.mkdtemp(
             prefix=f"checkpoint_tmp_{uuid.uuid4().hex[:8]}_"
         )
         os.makedirs(dest, exist_ok=True)
-        for rel in self._files():
-            target = os.path.join(dest, *rel.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            src = f"{self.path}/{rel}"
-            if self.is_local:
-                shutil.copyfile(src, target)
-            else:
-                self.filesystem.get_file(src, target)
+        storage = storage_for(self.filesystem)
+        download_tree(storage, self.path, self._files(), dest, expected_files(storage, self.path))
         return dest
 
     @contextlib.contextmanager
     def as_directory(self) -> Iterator[str]:
         """Yield a local directory holding the checkpoint's files.
 
-        A local checkpoint yields its own path (no copy; do not modify it). A remote one is downloaded to a
-        temp dir that is removed on exit.
+        A local checkpoint yields its own path (no copy; do not modify it). A remote one is downloaded (in
+        parallel, verified against its manifest as in :meth:`to_directory`) to a temp dir removed on exit.
         """
         if self.is_local:
             yield self.path
@@ -80,6 +84,8 @@ class Checkpoint:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _files(self) -> list[str]:
+        with contextlib.suppress(Exception):  # list what is on the store now, not an older cached listing
+            self.filesystem.invalidate_cache(self.path)
         if not self.filesystem.isdir(self.path):
             raise FileNotFoundError(f"checkpoint directory {self.path!r} does not exist")
         base = self.path.rstrip("/")
@@ -102,8 +108,12 @@ class Checkpoint:
     def set_metadata(self, metadata: dict[str, Any]) -> None:
         """Replace the user metadata. It is encoded first, so a value JSON cannot hold changes nothing.
 
+        On a local disk the file is replaced atomically: if the process dies inside, the old metadata (or none)
+        stays, plus at most a temp file that verification ignores.
+
         Raises:
-            TypeError when ``metadata`` is not a dict or holds values JSON cannot encode.
+            TypeError when ``metadata`` is not a dict or holds values JSON cannot encode; OSError when the write
+            fails (the old metadata stays).
         """
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
@@ -113,12 +123,18 @@ class Checkpoint:
             raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
         path = f"{self.path}/{METADATA_NAME}"
         if self.is_local:
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            # Our temp suffix, so a leftover from a crash here is never taken for a user file of the checkpoint.
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             self.filesystem.pipe_file(path, data)
 

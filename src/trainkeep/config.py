@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,17 @@ DEFAULT_STORAGE_PATH = "~/trainkeep_results"
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_amount(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= 0)
+
+
+def _is_filesystem(value: Any) -> bool:
+    import fsspec
+
+    return isinstance(value, fsspec.AbstractFileSystem) or type(value).__module__.startswith("pyarrow")
 
 
 def _describe(value: Any) -> str:
@@ -143,9 +155,9 @@ class ScalingConfig:
                     f"{_describe(self.resources_per_worker)}"
                 )
             for key, amount in self.resources_per_worker.items():
-                if not isinstance(key, str) or not isinstance(amount, (int, float)) or amount < 0:
+                if not isinstance(key, str) or not _is_amount(amount):
                     raise ConfigError(
-                        "resources_per_worker must map resource names to amounts >= 0, got "
+                        "resources_per_worker must map resource names to finite amounts >= 0, got "
                         f"{key!r}: {amount!r}"
                     )
 
@@ -189,6 +201,11 @@ class RunConfig:
             self.storage_path = os.fspath(self.storage_path)
             if not self.storage_path:
                 raise ConfigError("storage_path must be a path or a URL string, got ''")
+        if self.storage_filesystem is not None and not _is_filesystem(self.storage_filesystem):
+            raise ConfigTypeError(
+                "storage_filesystem must be None, an fsspec filesystem or a pyarrow.fs.FileSystem, got "
+                f"{_describe(self.storage_filesystem)}"
+            )
         if self.checkpoint_config is None:
             self.checkpoint_config = CheckpointConfig()
         elif not isinstance(self.checkpoint_config, CheckpointConfig):

@@ -36,7 +36,7 @@ def default_checkpoint_name(round_index: int) -> str:
     return f"checkpoint_{round_index:06d}"
 
 
-def _check_component(kind: str, name: object) -> str:
+def _check_component(kind: str, name: object, reserved: bool = True) -> str:
     if not isinstance(name, str):
         raise InvalidCheckpointNameError(f"{kind} must be a string, got {name!r} ({type(name).__name__})")
     problem = None
@@ -54,8 +54,10 @@ def _check_component(kind: str, name: object) -> str:
         problem = "it contains '..'"
     elif name != name.strip():
         problem = "it starts or ends with whitespace"
-    elif name.startswith(RESERVED_PREFIXES):
+    elif reserved and name.startswith(RESERVED_PREFIXES):
         problem = f"it starts with a reserved prefix ({', '.join(repr(p) for p in RESERVED_PREFIXES)})"
+    elif reserved and name.endswith(TEMP_SUFFIX):
+        problem = f"it ends with {TEMP_SUFFIX!r}, the suffix of trainkeep's temporary files"
     elif name.startswith("."):
         problem = "it starts with '.' (hidden names are reserved)"
     if problem:
@@ -76,8 +78,15 @@ def validate_checkpoint_name(name: object) -> str:
 
 
 def validate_run_name(name: object) -> str:
-    """Return ``name`` if it is a valid run name (a single directory name, as for checkpoints)."""
-    return _check_component("RunConfig.name", name)
+    """Return ``name`` if it is a valid run name: a single directory name, as for checkpoints.
+
+    The prefixes reserved inside a run directory are allowed, so a default name (``trainkeep_run-...``) can be
+    passed back to resume its run.
+
+    Raises:
+        InvalidCheckpointNameError (a ValueError) naming the value and the rule it breaks.
+    """
+    return _check_component("RunConfig.name", name, reserved=False)
 
 
 def validate_relative_path(path: object) -> str:

@@ -43,6 +43,7 @@ from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.retention import Decision, Record, best_checkpoints, decide
 from trainkeep.run import RunState, is_run, read_manifest, read_run, verify_checkpoint
 from trainkeep.storage import Storage, list_source_files, resolve
+from trainkeep.storage.base import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class CheckpointManager:
         self.protected: set[str] = set()
         self._mutex = threading.RLock()
         self._closed = False
+        self._retiring_on_disk: set[str] = set()  # the `retiring` list as last written to the index
         self._prepare_run_dir()
         self._lock = self.storage.lock(self.storage.join(self.path, INTERNAL_DIR, LOCK_NAME))
         try:
@@ -140,8 +142,8 @@ class CheckpointManager:
                 logger.info("sweeping %s: an interrupted report left it without a manifest", self._dir(name))
                 storage.delete_tree(self._dir(name))
             storage.delete_file(storage.join(internal, entry))
-        for entry in storage.listdir(self.path):
-            if entry.endswith(TEMP_SUFFIX):
+        for entry in storage.listdir(self.path):  # only temp files of our own files: a user's file stays
+            if entry.endswith(TEMP_SUFFIX) and entry.startswith((RUN_INDEX_NAME, HISTORY_NAME)):
                 storage.delete_file(storage.join(self.path, entry))
 
     def _repair_history(self, state: RunState) -> None:
@@ -236,6 +238,10 @@ class CheckpointManager:
         """Write the intent record for checkpoint ``name`` and create its directory; return the directory."""
         with self._mutex:
             self._check_open()
+            if name in self._retiring_on_disk:
+                # The name of a checkpoint that retention deleted is reused: the index on storage must stop
+                # listing it as retiring before the new one commits, or the next open would delete the new one.
+                self._write_index(self._state)
             intent = self.storage.join(self.path, INTERNAL_DIR, intent_name(name))
             self.storage.write_atomic(intent, b'{"checkpoint": "%s"}\n' % name.encode())
             dest = self._dir(name)
@@ -274,6 +280,10 @@ class CheckpointManager:
             self._write_index(self._state)
             storage.delete_file(storage.join(self.path, INTERNAL_DIR, intent_name(name)))
             self._apply_retention()
+            transfer = storage.pop_transfer(dest)
+            logger.log(logging.DEBUG if transfer and transfer.showed_progress else logging.INFO,
+                       "committed checkpoint %s of run %s: %s", name, self.path,
+                       transfer.describe() if transfer else format_bytes(manifest.size))
             return Checkpoint(dest, storage.fs)
 
     def _append_history(self, round_index: int, metrics: dict[str, Any], name: str | None, durable: bool) -> None:
@@ -382,6 +392,7 @@ class CheckpointManager:
         state.index.updated = time.time()
         state.index.next_round = max(state.index.next_round, getattr(self, "_next_round", 0))
         self.storage.write_atomic(self.storage.join(self.path, RUN_INDEX_NAME), encode(state.index.to_dict()))
+        self._retiring_on_disk = set(state.index.retiring)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -395,9 +406,8 @@ class CheckpointManager:
             try:
                 self._state.index.status = status
                 self._write_index(self._state)
-                history = self.storage.join(self.path, HISTORY_NAME)
-                if self.storage.exists(history):
-                    self.storage.append(history, b"", durable=True)
+                # flushes the rows buffered since the last commit (no-op on a local run without a history)
+                self.storage.append(self.storage.join(self.path, HISTORY_NAME), b"", durable=True)
             finally:
                 self._closed = True
                 self._lock.release()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from trainkeep import __version__
 from trainkeep.errors import CorruptRunError, IncompatibleRunError, InvalidCheckpointNameError
@@ -136,8 +137,12 @@ def _load(raw: bytes, path: str, schema: str) -> dict[str, Any]:
     return data
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_checksum(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
 def _is_time(value: Any) -> bool:
@@ -189,8 +194,7 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
             raise CorruptRunError(path, f"files[{i}]: {rel!r} is listed twice")
         seen.add(rel)
         size = _field(item, "size", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path)
-        checksum = _field(item, "checksum", lambda v: isinstance(v, str) and len(v) == 32,
-                          "a 32-character hex string", path)
+        checksum = _field(item, "checksum", _is_checksum, "a 32-character hex string", path)
         files.append(FileEntry(rel, size, checksum))
     return Manifest(name, round_, float(time_), metrics, tuple(files), str(data.get("trainkeep_version", "?")))
 
@@ -232,13 +236,22 @@ def history_line(round_index: int, time_: float, metrics: dict[str, Any], checkp
                        separators=(",", ":"), allow_nan=True) + "\n").encode()
 
 
-def parse_history(raw: bytes) -> tuple[list[dict[str, Any]], int]:
-    """Parse ``history.jsonl``; return the rows and the byte length of the valid prefix.
+def parse_history(raw: bytes, parts: Sequence[bytes] = ()) -> tuple[list[dict[str, Any]], int]:
+    """Parse ``history.jsonl`` and the parts of a history kept in parts; return the rows and the byte length of
+    the valid prefix of ``raw``.
 
-    A torn last line (a crash while appending) ends the valid prefix; rows are kept in file order, and a
-    round that appears twice keeps its last occurrence.
+    A torn last line (a crash while appending) ends the valid prefix; rows are sorted by round, and a round
+    that appears twice keeps its last occurrence (``raw`` first, then ``parts`` in log order). Each part is a
+    whole object written at once (object stores); a line that does not parse ends that part.
     """
     rows: dict[int, dict[str, Any]] = {}
+    valid = _parse_history_lines(raw, rows)
+    for part in parts:
+        _parse_history_lines(part, rows)
+    return sorted(rows.values(), key=lambda r: r["round"]), valid
+
+
+def _parse_history_lines(raw: bytes, rows: dict[int, dict[str, Any]]) -> int:
     valid = 0
     for line in raw.splitlines(keepends=True):
         if not line.endswith(b"\n"):
@@ -251,4 +264,4 @@ def parse_history(raw: bytes) -> tuple[list[dict[str, Any]], int]:
             break
         rows[row["round"]] = row
         valid += len(line)
-    return sorted(rows.values(), key=lambda r: r["round"]), valid
+    return valid

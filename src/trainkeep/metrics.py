@@ -84,15 +84,20 @@ def lookup(metrics: Mapping[str, Any], attribute: str) -> Any:
 
     Returns the module's ``MISSING`` sentinel when absent (or when it names a dict rather than a value).
     """
+    value = _find(metrics, attribute)
+    return MISSING if isinstance(value, Mapping) else value
+
+
+def _find(metrics: Mapping[str, Any], attribute: str) -> Any:
+    """Return what ``attribute`` names in ``metrics``, a dict included; ``MISSING`` when absent."""
     if attribute in metrics:
-        value = metrics[attribute]
-        return MISSING if isinstance(value, Mapping) else value
+        return metrics[attribute]
     node: Any = metrics
     for part in attribute.split("/"):
         if not isinstance(node, Mapping) or part not in node:
             return MISSING
         node = node[part]
-    return MISSING if isinstance(node, Mapping) else node
+    return node
 
 
 MISSING: Any = _MISSING
@@ -104,10 +109,10 @@ def is_real_number(value: Any) -> bool:
 
 
 def check_score(metrics: Mapping[str, Any], attribute: str | None) -> None:
-    """Raise ScoreTypeError if ``attribute`` is present in ``metrics`` but is not a real number."""
+    """Raise ScoreTypeError if ``attribute`` is present in ``metrics`` but is not a real number (a dict included)."""
     if attribute is None:
         return
-    value = lookup(metrics, attribute)
+    value = _find(metrics, attribute)
     if value is MISSING or is_real_number(value):
         return
     raise ScoreTypeError(

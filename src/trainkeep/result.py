@@ -99,7 +99,7 @@ class Result:
         if not self.best_checkpoints:
             raise RuntimeError(f"run {self.path} has no checkpoints")
         best: tuple[float, Checkpoint] | None = None
-        for ckpt, metrics in self.best_checkpoints:
+        for ckpt, metrics in self._in_round_order(self.best_checkpoints):
             value = lookup(metrics, metric)
             if value is MISSING or not is_real_number(value) or math.isnan(value):
                 continue
@@ -111,6 +111,13 @@ class Result:
             raise RuntimeError(f"no checkpoint of run {self.path} has a numeric metric {metric!r}; "
                                f"metrics present: {names}")
         return best[1]
+
+    def _in_round_order(
+        self, pairs: list[tuple[Checkpoint, dict[str, Any]]]
+    ) -> list[tuple[Checkpoint, dict[str, Any]]]:
+        """Return ``pairs`` oldest first by the history's rounds (those it does not name keep their order)."""
+        rounds = {row.get("checkpoint"): row["round"] for row in self.history}
+        return sorted(pairs, key=lambda pair: rounds.get(pair[0].path.rsplit("/", 1)[-1], -1))
 
     def __repr__(self) -> str:
         parts = [f"metrics={self.metrics!r}", f"checkpoint={self.checkpoint!r}", f"path={self.path!r}"]

@@ -22,8 +22,11 @@ from trainkeep.layout import (
 )
 from trainkeep.manifest import IndexEntry, Manifest, RunIndex, parse_history, parse_manifest, parse_run_index
 from trainkeep.storage import Storage, iter_files
+from trainkeep.storage.base import LOG_PARTS_SUFFIX
 
 logger = logging.getLogger(__name__)
+
+HISTORY_PARTS_NAME = HISTORY_NAME + LOG_PARTS_SUFFIX  # object stores keep the history in parts (storage/parts.py)
 
 
 @dataclass
@@ -66,7 +69,7 @@ def read_manifest(storage: Storage, run_path: str, name: str) -> Manifest:
 def is_run(storage: Storage, run_path: str) -> bool:
     """Return True when ``run_path`` holds a trainkeep run (an index, a history or our internal dir)."""
     names = set(storage.listdir(run_path))
-    return bool(names & {RUN_INDEX_NAME, HISTORY_NAME, INTERNAL_DIR})
+    return bool(names & {RUN_INDEX_NAME, HISTORY_NAME, HISTORY_PARTS_NAME, INTERNAL_DIR})
 
 
 def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfig | None = None) -> RunState:
@@ -84,8 +87,8 @@ def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfi
     problems: list[str] = []
     index, rebuilt = _read_index(storage, run_path, checkpoint_config, problems)
     changed = _reconcile(storage, run_path, index, problems) or rebuilt
-    raw_history = _read_optional(storage, storage.join(run_path, HISTORY_NAME))
-    history, valid = parse_history(raw_history)
+    raw_history, history_parts = storage.read_log(storage.join(run_path, HISTORY_NAME))
+    history, valid = parse_history(raw_history, history_parts)
     return RunState(run_path, index, history, valid, len(raw_history), problems, rebuilt, changed)
 
 
@@ -126,7 +129,7 @@ def _reconcile(storage: Storage, run_path: str, index: RunIndex, problems: list[
         logger.warning("checkpoint %s of run %s is in the index but has no manifest; dropping it from the "
                        "index (its files, if any, are left alone)", entry.name, run_path)
         changed = True
-    for name in sorted(present - listed - {RUN_INDEX_NAME, HISTORY_NAME, INTERNAL_DIR}):
+    for name in sorted(present - listed - {RUN_INDEX_NAME, HISTORY_NAME, HISTORY_PARTS_NAME, INTERNAL_DIR}):
         if name in index.retiring or is_reserved_file(name) or not storage.isdir(storage.join(run_path, name)):
             continue
         try:

@@ -1,0 +1,279 @@
+"""The surface every storage backend offers, and the helpers shared by all of them.
+
+Why this surface and no more: the manager needs whole-object writes that are atomic (the commit point), a
+way to copy a directory in with checksums, listing, deletion, an append-only log, and a single-writer lock.
+Everything else (rename, partial writes, directory semantics) differs too much between a local disk and an
+object store to be relied on, so the manager never asks for it. Paths are plain '/'-separated strings, never
+``pathlib`` objects, because a ``Path`` would collapse the ``//`` of ``s3://``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+import os
+import socket
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import xxhash
+
+from trainkeep.errors import StorageError
+from trainkeep.layout import is_reserved_file
+from trainkeep.manifest import FileEntry
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 8 * 1024 * 1024
+COPY_THREADS = 4
+LOG_PARTS_SUFFIX = ".parts"
+
+
+def new_hasher() -> Any:
+    """Return a fresh hasher of the manifest's checksum algorithm (xxh3_128)."""
+    return xxhash.xxh3_128()
+
+
+def list_source_files(src_dir: str) -> list[str]:
+    """Return the relative paths of the user files under local directory ``src_dir`` (ours are skipped).
+
+    Raises:
+        FileNotFoundError / NotADirectoryError when ``src_dir`` is not a directory.
+    """
+    if not os.path.isdir(src_dir):
+        if os.path.exists(src_dir):
+            raise NotADirectoryError(_errno.ENOTDIR, "checkpoint path is not a directory", src_dir)
+        raise FileNotFoundError(_errno.ENOENT, "checkpoint directory does not exist", src_dir)
+    out: list[str] = []
+    for root, dirs, files in os.walk(src_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), src_dir).replace(os.sep, "/")
+            if not is_reserved_file(rel):
+                out.append(rel)
+    return out
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """What one ``put_tree`` moved: bytes, files, wall time, and whether a progress bar showed it."""
+
+    nbytes: int
+    files: int
+    seconds: float
+    moved: bool = False
+    showed_progress: bool = False
+
+    def describe(self) -> str:
+        """Return e.g. ``'1.0 GiB in 8 files, 0.62 s (1.6 GiB/s)'``."""
+        how = "moved" if self.moved else "in"
+        rate = f" ({format_bytes(self.nbytes / self.seconds)}/s)" if self.seconds > 0 else ""
+        return f"{format_bytes(self.nbytes)} {how} {self.files} files, {self.seconds:.3f} s{rate}"
+
+
+def format_bytes(n: float) -> str:
+    """Return ``n`` bytes in binary units, e.g. ``'12.5 MiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class Storage(ABC):
+    """The operations trainkeep needs from a filesystem. Paths are absolute, '/'-separated strings."""
+
+    fs: fsspec.AbstractFileSystem
+    is_local: bool = False
+
+    def join(self, *parts: str) -> str:
+        return "/".join(p.rstrip("/") if i == 0 else p.strip("/") for i, p in enumerate(parts) if p)
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def isdir(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def listdir(self, path: str) -> list[str]:
+        """Return the entry names in directory ``path`` ([] when it does not exist), fresh from storage."""
+
+    @abstractmethod
+    def makedirs(self, path: str) -> None: ...
+
+    @abstractmethod
+    def read_bytes(self, path: str) -> bytes:
+        """Return the content of ``path``. Raises FileNotFoundError when missing, StorageError otherwise."""
+
+    @abstractmethod
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Replace ``path`` with ``data`` so that a reader sees the old or the new content, never a mix.
+
+        On return the new content is durable. A crash inside leaves the old content and maybe a temp file.
+        """
+
+    @abstractmethod
+    def append(self, path: str, data: bytes, durable: bool = False) -> None:
+        """Append ``data`` (whole lines) to the log at ``path``; when ``durable`` the log is durable on return.
+
+        Read it back with :meth:`read_log`. Backends without appends keep the log in parts (see ``parts.py``).
+        """
+
+    @abstractmethod
+    def truncate(self, path: str, size: int) -> None: ...
+
+    @abstractmethod
+    def delete_file(self, path: str) -> None:
+        """Delete one file; a missing file is not an error."""
+
+    @abstractmethod
+    def delete_tree(self, path: str) -> None:
+        """Delete a directory and all it holds; a missing directory is not an error."""
+
+    def sync_dir(self, path: str) -> None:
+        """Make the entries of directory ``path`` durable (a no-op where the store has no directories)."""
+
+    @abstractmethod
+    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> list[FileEntry]:
+        """Copy ``files`` (relative paths) from local ``src_dir`` into ``dest_dir``, checksumming as it goes.
+
+        With ``move`` the source is handed over: on return its listed files are gone from ``src_dir``
+        (renamed where it lies on the same filesystem, copied then deleted otherwise).
+        A file that already exists at the destination is an error (FileExistsError), never overwritten.
+        On return every copied file is durable; the caller makes the directory entries durable.
+        If the process dies inside, ``dest_dir`` holds some files and no manifest: debris for the sweep.
+        """
+
+    @abstractmethod
+    def open_read(self, path: str) -> Any: ...
+
+    @abstractmethod
+    def get_file(self, src: str, local_dest: str) -> None:
+        """Copy one file from storage to local path ``local_dest``."""
+
+    @abstractmethod
+    def size(self, path: str) -> int: ...
+
+    @abstractmethod
+    def lock(self, path: str) -> RunLock:
+        """Take the single-writer lock whose record lives at ``path``. Raises RunLockedError naming the holder."""
+
+    def checksum(self, path: str) -> tuple[int, str]:
+        """Return the size and checksum of a stored file, read in chunks."""
+        hasher, size = new_hasher(), 0
+        with self.open_read(path) as f:
+            while chunk := f.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                size += len(chunk)
+        return size, hasher.hexdigest()
+
+    def download(self, src: str, local_dest: str) -> tuple[int, str]:
+        """Copy stored file ``src`` to a new local file ``local_dest`` in one pass; return its size and checksum.
+
+        A crash inside leaves a partial ``local_dest``; storage is not changed.
+        """
+        hasher, size = new_hasher(), 0
+        with self.open_read(src) as f, open(local_dest, "wb") as out:
+            while chunk := f.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        return size, hasher.hexdigest()
+
+    def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
+        """Return the log at ``path``: the appended file's bytes (b"" when absent) and its parts, in order.
+
+        Parts exist where the backend cannot append (object stores); a local log has none.
+        """
+        try:
+            base = self.read_bytes(path)
+        except FileNotFoundError:
+            base = b""
+        return base, self.read_log_parts(path)
+
+    def read_log_parts(self, path: str) -> list[bytes]:
+        """Return the contents of the parts of log ``path``, in write order; re-list if a merge races us."""
+        from trainkeep.storage.parts import ordered_part_names
+
+        directory = path + LOG_PARTS_SUFFIX
+        for _ in range(3):
+            names = ordered_part_names(self.listdir(directory))
+            try:
+                return [self.read_bytes(f"{directory}/{name}") for name in names]
+            except FileNotFoundError:  # a writer merged parts between our listing and our reads
+                continue
+        raise StorageError("read log", directory, OSError(_errno.EAGAIN, "parts kept changing while read"))
+
+    def record_transfer(self, dest_dir: str, stats: TransferStats) -> None:
+        """Remember the stats of the last ``put_tree`` into ``dest_dir`` for :meth:`pop_transfer`."""
+        transfers = self.__dict__.setdefault("_transfers", {})
+        transfers[dest_dir] = stats
+
+    def pop_transfer(self, dest_dir: str) -> TransferStats | None:
+        """Return and forget the stats of the last ``put_tree`` into ``dest_dir`` (None when unknown)."""
+        return self.__dict__.get("_transfers", {}).pop(dest_dir, None)
+
+
+class RunLock(ABC):
+    """A held single-writer lock; ``release()`` is idempotent."""
+
+    holder: dict[str, Any]
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+
+def holder_record() -> dict[str, Any]:
+    """Return who we are, for lock files and error messages."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "token": uuid.uuid4().hex,
+    }
+
+
+def parse_holder(raw: bytes) -> dict[str, Any]:
+    """Return the lock holder record in ``raw`` ({} when it is not a JSON object)."""
+    import json
+
+    try:
+        holder = json.loads(raw)
+        return holder if isinstance(holder, dict) else {}
+    except ValueError:
+        return {}
+
+
+def pid_alive(pid: int) -> bool:
+    """Return True when process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wrap_error(op: str, path: str, exc: BaseException) -> BaseException:
+    """Return ``exc`` as the error the Storage contract promises (StorageError unless it is already typed)."""
+    if isinstance(exc, (StorageError, FileNotFoundError, FileExistsError)):
+        return exc
+    return StorageError(op, path, exc)
+
+
+def iter_files(storage: Storage, root: str) -> Iterator[str]:
+    """Yield the relative paths of every file under ``root`` on ``storage``."""
+    for name in storage.listdir(root):
+        full = f"{root}/{name}"
+        if storage.isdir(full):
+            for sub in iter_files(storage, full):
+                yield f"{name}/{sub}"
+        else:
+            yield name

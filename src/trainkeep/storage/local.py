@@ -1,0 +1,216 @@
+"""The local disk: plain ``os`` calls, because durability needs what fsspec does not expose (fsync of files and
+directories, atomic rename, flock)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fsspec
+
+from trainkeep.errors import RunLockedError, StorageError
+from trainkeep.layout import TEMP_SUFFIX
+from trainkeep.manifest import FileEntry
+from trainkeep.storage.base import COPY_THREADS, RunLock, Storage, holder_record, parse_holder, wrap_error
+from trainkeep.storage.fastcopy import copy_file, move_file, same_device
+from trainkeep.storage.progress import Transfer
+
+logger = logging.getLogger(__name__)
+
+
+class LocalStorage(Storage):
+    """The local disk, with fsync of files and directories and atomic rename."""
+
+    is_local = True
+
+    def __init__(self) -> None:
+        self.fs = fsspec.filesystem("file")
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StorageError("list", path, exc) from exc
+
+    def makedirs(self, path: str) -> None:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise StorageError("mkdir", path, exc) from exc
+
+    def read_bytes(self, path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise wrap_error("read", path, exc) from exc
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Write to a temp file, fsync it, rename it over ``path``, fsync the directory.
+
+        A crash inside leaves the old content and maybe a ``*.trainkeep_tmp`` file that the sweep removes.
+        """
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StorageError("write", path, exc) from exc
+        self.sync_dir(os.path.dirname(path))
+
+    def append(self, path: str, data: bytes, durable: bool = False) -> None:
+        """Append to the file with O_APPEND; a crash inside may leave a torn last line (readers drop it)."""
+        if not data and not os.path.exists(path):
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                write_all(fd, data)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError("append", path, exc) from exc
+
+    def truncate(self, path: str, size: int) -> None:
+        try:
+            os.truncate(path, size)
+        except OSError as exc:
+            raise StorageError("truncate", path, exc) from exc
+
+    def delete_file(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError("delete", path, exc) from exc
+
+    def delete_tree(self, path: str) -> None:
+        def onerror(func: Callable, failed: str, exc_info: Any) -> None:
+            if not isinstance(exc_info[1], FileNotFoundError):
+                raise StorageError("delete", failed, exc_info[1])
+
+        if os.path.lexists(path):
+            shutil.rmtree(path, onerror=onerror)
+
+    def sync_dir(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError("fsync directory", path, exc) from exc
+
+    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> list[FileEntry]:
+        """Copy (or, handed over on the same filesystem, move) ``files`` in parallel, checksumming each.
+
+        Steps: create the subdirectories; copy or move every file in a pool of threads, each file fsynced;
+        fsync the subdirectories; with ``move`` across filesystems, delete the copied sources last.
+        If the process dies inside, ``dest_dir`` is debris (no manifest) and, with ``move``, the files already
+        moved are no longer in ``src_dir``.
+        """
+        subdirs = sorted({os.path.dirname(f) for f in files if "/" in f})
+        for sub in subdirs:
+            self.makedirs(os.path.join(dest_dir, sub))
+        renaming = move and same_device(src_dir, dest_dir)
+        total = sum(_local_size(os.path.join(src_dir, rel)) for rel in files)
+        with Transfer(f"{'moving' if renaming else 'copying'} {os.path.basename(dest_dir)}", total, len(files),
+                      moved=renaming) as transfer:
+            def one(rel: str) -> FileEntry:
+                src, dest = os.path.join(src_dir, rel), os.path.join(dest_dir, rel)
+                put = move_file if renaming else copy_file
+                size, digest = put(src, dest, transfer.advance)
+                return FileEntry(rel, size, digest)
+
+            with ThreadPoolExecutor(max_workers=min(COPY_THREADS, max(1, len(files)))) as pool:
+                entries = list(pool.map(one, files))
+        for sub in subdirs:
+            self.sync_dir(os.path.join(dest_dir, sub))
+        if move and not renaming:
+            for rel in files:
+                self.delete_file(os.path.join(src_dir, rel))
+        self.record_transfer(dest_dir, transfer.stats())
+        return entries
+
+    def open_read(self, path: str) -> Any:
+        return open(path, "rb")
+
+    def get_file(self, src: str, local_dest: str) -> None:
+        shutil.copyfile(src, local_dest)
+
+    def download(self, src: str, local_dest: str) -> tuple[int, str]:
+        """Copy ``src`` to new local file ``local_dest`` in the kernel, checksumming it (see fastcopy)."""
+        return copy_file(src, local_dest)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def lock(self, path: str) -> RunLock:
+        return FlockLock(path)
+
+
+def _local_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # the copy itself reports the problem
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class FlockLock(RunLock):
+    """An flock(2) on the run's lock file: the kernel releases it when the holder dies, even by SIGKILL."""
+
+    def __init__(self, path: str) -> None:
+        import fcntl
+
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = parse_holder(os.pread(self._fd, 4096, 0))
+            os.close(self._fd)
+            self._fd = None
+            raise RunLockedError(os.path.dirname(os.path.dirname(path)), holder) from None
+        self.holder = holder_record()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(self.holder).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None

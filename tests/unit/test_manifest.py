@@ -1,0 +1,184 @@
+"""Parsing of our own files: every damaged manifest or run index gives our typed error naming file and reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+import pytest
+
+import trainkeep as tk
+from trainkeep.manifest import (
+    SCHEMA_VERSION,
+    FileEntry,
+    IndexEntry,
+    Manifest,
+    RunIndex,
+    encode,
+    history_line,
+    parse_history,
+    parse_manifest,
+    parse_run_index,
+)
+
+PATH = "/runs/exp/checkpoint_000001/.trainkeep_manifest.json"
+CHECKSUM = "0" * 32
+
+
+def _manifest() -> Manifest:
+    files = (FileEntry("model.pt", 10, CHECKSUM), FileEntry("sub/opt.pt", 5, "f" * 32))
+    return Manifest("checkpoint_000001", 1, 1700000000.5, {"loss": math.nan, "val": {"acc": 0.9}}, files)
+
+
+def _index() -> RunIndex:
+    entry = IndexEntry.from_manifest(_manifest())
+    return RunIndex(tk.CheckpointConfig(2, "loss", "min").to_dict(), next_round=2, created=1.0, updated=2.0,
+                    checkpoints=[entry], retiring=["checkpoint_000000"])
+
+
+def _raw(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
+
+
+def test_manifest_round_trips_with_nan_metrics() -> None:
+    parsed = parse_manifest(encode(_manifest().to_dict()), PATH)
+    assert (parsed.name, parsed.round, parsed.time, parsed.files) == ("checkpoint_000001", 1, 1700000000.5,
+                                                                      _manifest().files)
+    assert math.isnan(parsed.metrics["loss"]) and parsed.metrics["val"] == {"acc": 0.9}
+    assert parsed.size == 15
+
+
+def test_run_index_round_trips() -> None:
+    parsed = parse_run_index(encode(_index().to_dict()), "/runs/exp/trainkeep_run.json")
+    assert parsed.checkpoint_config == _index().checkpoint_config
+    assert (parsed.next_round, parsed.status, parsed.retiring) == (2, "running", ["checkpoint_000000"])
+    assert [c.name for c in parsed.checkpoints] == ["checkpoint_000001"]
+    assert parsed.checkpoints[0].size == 15
+
+
+def _mutated(base: dict[str, Any], path: tuple, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(base)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return doc
+
+
+_DELETE = object()
+
+MANIFEST_DAMAGE = [
+    (("schema",), "trainkeep.run", "schema is 'trainkeep.run'"),
+    (("version",), "1", "'version' must be an integer"),
+    (("name",), _DELETE, "missing field 'name'"),
+    (("name",), 3, "field 'name' must be a string"),
+    (("name",), "../../etc", "bad checkpoint name"),
+    (("round",), -1, "field 'round' must be an integer >= 0"),
+    (("round",), True, "field 'round'"),
+    (("time",), "now", "field 'time' must be a number"),
+    (("time",), _DELETE, "missing field 'time'"),
+    (("metrics",), [1], "field 'metrics' must be an object"),
+    (("checksum_algorithm",), "md5", "unknown checksum_algorithm 'md5'"),
+    (("files",), {"a": 1}, "field 'files' must be a list"),
+    (("files", 0), "model.pt", "files[0] must be an object"),
+    (("files", 0, "path"), "../escape", "files[0]"),
+    (("files", 0, "path"), "/etc/passwd", "not a safe relative path"),
+    (("files", 1, "path"), "model.pt", "listed twice"),
+    (("files", 0, "size"), -5, "field 'size' must be an integer >= 0"),
+    (("files", 0, "size"), 1.5, "field 'size'"),
+    (("files", 0, "checksum"), "abc", "field 'checksum' must be a 32-character hex string"),
+    (("files", 0, "checksum"), "z" * 32, "field 'checksum' must be a 32-character hex string"),
+    (("files", 0, "checksum"), _DELETE, "missing field 'checksum'"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "reason"), MANIFEST_DAMAGE)
+def test_damaged_manifest_is_a_corrupt_run_error(where: tuple, value: Any, reason: str) -> None:
+    raw = _raw(_mutated(_manifest().to_dict(), where, value))
+    with pytest.raises(tk.CorruptRunError) as exc:
+        parse_manifest(raw, PATH)
+    assert isinstance(exc.value, ValueError)
+    assert exc.value.path == PATH and reason in exc.value.reason
+    assert str(exc.value).startswith(PATH)
+
+
+INDEX_DAMAGE = [
+    (("schema",), "trainkeep.manifest", "schema is 'trainkeep.manifest'"),
+    (("checkpoint_config",), None, "field 'checkpoint_config' must be an object"),
+    (("next_round",), -1, "field 'next_round'"),
+    (("status",), "paused", "field 'status' must be one of"),
+    (("created",), math.nan, "field 'created' must be a number"),
+    (("updated",), _DELETE, "missing field 'updated'"),
+    (("checkpoints",), "all", "field 'checkpoints' must be a list"),
+    (("checkpoints", 0), 7, "checkpoints[0] must be an object"),
+    (("checkpoints", 0, "name"), "..", "bad checkpoint name"),
+    (("checkpoints", 0, "name"), "a/b", "bad checkpoint name"),
+    (("checkpoints", 0, "round"), "1", "field 'round'"),
+    (("checkpoints", 0, "size"), _DELETE, "missing field 'size'"),
+    (("checkpoints", 0, "metrics"), None, "field 'metrics' must be an object"),
+    (("retiring",), "checkpoint_000000", "field 'retiring' must be a list"),
+    (("retiring", 0), "../x", "bad checkpoint name"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "reason"), INDEX_DAMAGE)
+def test_damaged_run_index_is_a_corrupt_run_error(where: tuple, value: Any, reason: str) -> None:
+    raw = _raw(_mutated(_index().to_dict(), where, value))
+    with pytest.raises(tk.CorruptRunError) as exc:
+        parse_run_index(raw, "/runs/exp/trainkeep_run.json")
+    assert reason in exc.value.reason
+
+
+@pytest.mark.parametrize("parse", [parse_manifest, parse_run_index])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(b"", "not valid JSON"), (b"\xff\xfe\x00", "not valid JSON"), (b"[1, 2]", "expected a JSON object"),
+     (b"null", "expected a JSON object"), (b"{\"schema\": ", "not valid JSON")],
+)
+def test_not_json_is_a_corrupt_run_error(parse: Any, raw: bytes, reason: str) -> None:
+    with pytest.raises(tk.CorruptRunError, match=reason):
+        parse(raw, PATH)
+
+
+@pytest.mark.parametrize(("parse", "document"), [(parse_manifest, _manifest().to_dict()),
+                                                 (parse_run_index, _index().to_dict())])
+def test_truncated_files_are_corrupt_at_every_cut(parse: Any, document: dict[str, Any]) -> None:
+    raw = encode(document)
+    for cut in range(0, len(raw) - 2, 7):  # the last two bytes are "}\n": a cut there still parses
+        with pytest.raises(tk.CorruptRunError):
+            parse(raw[:cut], PATH)
+
+
+@pytest.mark.parametrize(("parse", "document"), [(parse_manifest, _manifest().to_dict()),
+                                                 (parse_run_index, _index().to_dict())])
+def test_future_version_is_incompatible_not_corrupt(parse: Any, document: dict[str, Any]) -> None:
+    future = {**document, "version": SCHEMA_VERSION + 1, "trainkeep_version": "9.0.0", "new_field": [1]}
+    with pytest.raises(tk.IncompatibleRunError) as exc:
+        parse(_raw(future), PATH)
+    assert not isinstance(exc.value, tk.CorruptRunError)
+    message = str(exc.value)
+    assert "9.0.0" in message and f"version {SCHEMA_VERSION + 1}" in message and "Upgrade" in message
+
+
+def test_history_keeps_the_valid_prefix_and_the_last_copy_of_a_round() -> None:
+    lines = [history_line(0, 1.0, {"loss": 3.0}, None), history_line(1, 2.0, {"loss": math.inf}, "checkpoint_000001"),
+             history_line(0, 3.0, {"loss": 2.0}, None)]
+    raw = b"".join(lines)
+    rows, valid = parse_history(raw + b'{"round": 2, "time"')
+    assert valid == len(raw)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[0]["metrics"] == {"loss": 2.0}
+    assert rows[1]["checkpoint"] == "checkpoint_000001" and rows[1]["metrics"]["loss"] == math.inf
+
+
+@pytest.mark.parametrize("tail", [b"garbage\n", b'{"round": "x", "metrics": {}}\n', b'{"round": 2}\n', b"[]\n",
+                                  b'{"round": 2, "metrics": {}}'])
+def test_history_stops_at_the_first_bad_line(tail: bytes) -> None:
+    good = history_line(0, 1.0, {}, None)
+    rows, valid = parse_history(good + tail + history_line(3, 1.0, {}, None))
+    assert valid == len(good) and [r["round"] for r in rows] == [0]

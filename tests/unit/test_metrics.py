@@ -1,0 +1,116 @@
+"""Reported metrics: normalisation to plain JSON values, flattening, score lookup and score type checks."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import trainkeep as tk
+from trainkeep.metrics import MISSING, check_score, flatten, lookup, normalize_metrics, score_value
+
+
+def test_numpy_scalars_and_0d_arrays_become_python_numbers() -> None:
+    out = normalize_metrics({"a": np.float32(0.5), "b": np.int64(3), "c": np.bool_(True), "d": np.array(2.5),
+                             "e": [np.float64(1.0), (np.int8(2),)], "f": {"g": np.uint16(7)}})
+    assert out == {"a": 0.5, "b": 3, "c": True, "d": 2.5, "e": [1.0, [2]], "f": {"g": 7}}
+    assert [type(out[k]) for k in "abcd"] == [float, int, bool, float]
+    assert type(out["f"]["g"]) is int
+    json.dumps(out)  # plain JSON values only
+
+
+def test_normalize_returns_a_deep_copy() -> None:
+    source = {"nested": {"x": [1, 2]}}
+    out = normalize_metrics(source)
+    out["nested"]["x"].append(3)
+    assert source == {"nested": {"x": [1, 2]}}
+
+
+def test_nan_and_inf_are_kept() -> None:
+    out = normalize_metrics({"a": math.nan, "b": -math.inf})
+    assert math.isnan(out["a"]) and out["b"] == -math.inf
+
+
+@pytest.mark.parametrize(
+    ("metrics", "fragments"),
+    [
+        ({"loss": torch.tensor(0.5)}, ("metrics['loss']", "torch", ".item()")),
+        ({"a": {"b": torch.ones(2)}}, ("metrics['a']['b']", "torch")),
+        ({"tags": {"x", "y"}}, ("metrics['tags']", "set")),
+        ({"obj": object()}, ("metrics['obj']", "object")),
+        ({"a": [1, {"b": Fraction(1, 3)}]}, ("metrics['a'][1]['b']", "Fraction")),
+        ({"arr": np.zeros(3)}, ("metrics['arr']", "ndarray")),
+        ({1: 2.0}, ("metrics", "key 1", "int", "strings")),
+        ({"a": {("t",): 1}}, ("metrics['a']", "('t',)", "strings")),
+        ({"b": b"bytes"}, ("metrics['b']", "bytes")),
+    ],
+)
+def test_unstorable_values_are_refused_naming_the_key_path(metrics: dict, fragments: tuple[str, ...]) -> None:
+    with pytest.raises(tk.InvalidMetricsError) as exc:
+        normalize_metrics(metrics)
+    assert isinstance(exc.value, TypeError)
+    for fragment in fragments:
+        assert fragment in str(exc.value)
+
+
+@pytest.mark.parametrize("metrics", [None, [("a", 1)], "loss=1", 3])
+def test_metrics_must_be_a_dict(metrics: object) -> None:
+    with pytest.raises(tk.InvalidMetricsError, match="metrics must be a dict"):
+        normalize_metrics(metrics)
+
+
+def test_deep_nesting_is_refused() -> None:
+    deep: dict = {}
+    node = deep
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(tk.InvalidMetricsError, match="nested more than"):
+        normalize_metrics(deep)
+
+
+def test_flatten_joins_nested_keys_and_top_level_keys_win() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3, "empty": {}}) == {"a/b": 1, "a/c/d": 2, "e": 3, "empty": {}}
+    assert flatten({"a/b": 1, "a": {"b": 2}}) == {"a/b": 1}
+
+
+def test_lookup_exact_key_wins_then_nested_path() -> None:
+    metrics = {"a/b": 1, "a": {"b": 2, "c": {"d": 3}}, "e": None}
+    assert lookup(metrics, "a/b") == 1
+    assert lookup(metrics, "a/c/d") == 3
+    assert lookup(metrics, "e") is None
+    assert lookup(metrics, "missing") is MISSING
+    assert lookup(metrics, "a/c/x") is MISSING
+
+
+@pytest.mark.parametrize("value", [1, 2.5, -3, math.nan, math.inf, -math.inf])
+def test_real_scores_pass(value: float) -> None:
+    check_score({"loss": value}, "loss")
+    check_score({"val": {"loss": value}}, "val/loss")
+
+
+@pytest.mark.parametrize("value", ["0.5", None, True, False, [1.0], {"x": 1.0}, {}])
+def test_non_real_scores_are_type_errors(value: object) -> None:
+    with pytest.raises(tk.ScoreTypeError) as exc:
+        check_score({"loss": value}, "loss")
+    assert isinstance(exc.value, TypeError)
+    assert "checkpoint_score_attribute 'loss'" in str(exc.value)
+    assert "real number" in str(exc.value)
+
+
+def test_nested_non_real_score_is_a_type_error_and_missing_is_fine() -> None:
+    with pytest.raises(tk.ScoreTypeError, match="'val/loss'"):
+        check_score({"val": {"loss": "bad"}}, "val/loss")
+    check_score({"other": 1}, "loss")
+    check_score({"loss": "anything"}, None)
+
+
+def test_score_value_is_none_for_missing_nan_and_inf() -> None:
+    assert score_value({"x": 2}, "x") == 2.0
+    assert score_value({"x": math.nan}, "x") is None
+    assert score_value({"x": math.inf}, "x") is None
+    assert score_value({}, "x") is None
