@@ -35,6 +35,9 @@ from trainkeep.errors import (
 )
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
+from trainkeep.session import get_checkpoint, get_context, report
+from trainkeep.trainable import Trainable, TrainableTrainer
+from trainkeep.trainer import DataParallelTrainer
 
 __all__ = [
     "Checkpoint",
@@ -46,6 +49,7 @@ __all__ = [
     "ConfigError",
     "ConfigTypeError",
     "CorruptRunError",
+    "DataParallelTrainer",
     "FailureConfig",
     "IncompatibleRunError",
     "InvalidCheckpointNameError",
@@ -59,7 +63,22 @@ __all__ = [
     "ScoreTypeError",
     "SessionError",
     "StorageError",
+    "Trainable",
+    "TrainableTrainer",
     "TrainingFailedError",
     "TrainkeepError",
     "__version__",
+    "get_checkpoint",
+    "get_context",
+    "report",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import framework modules (``trainkeep.torch``, ``trainkeep.xgboost``, ...) on first use, so
+    ``import trainkeep`` never imports a framework."""
+    if name in ("torch", "xgboost", "lightgbm", "lightning", "huggingface"):
+        import importlib
+
+        return importlib.import_module(f"trainkeep.{name}")
+    raise AttributeError(f"module 'trainkeep' has no attribute {name!r}")

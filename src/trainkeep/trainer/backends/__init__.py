@@ -1,0 +1,1 @@
+"""Where the worker group runs: ``local`` starts worker processes on this machine."""
