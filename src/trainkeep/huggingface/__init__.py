@@ -1,0 +1,1 @@
+"""Hugging Face integrations (``trainkeep.huggingface.transformers``), as in ``ray.train.huggingface``."""

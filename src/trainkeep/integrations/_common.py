@@ -1,0 +1,57 @@
+"""What the framework callbacks share: the run's checkpoint timing and the import guard."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from trainkeep.config import CheckpointConfig
+
+
+def require(module: str, extra: str, pip_name: str | None = None) -> ModuleType:
+    """Import ``module`` or raise an ImportError that says which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"this trainkeep integration needs {pip_name or module}, which is not installed: "
+            f"pip install 'trainkeep[{extra}]'"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When a callback checkpoints: every ``frequency`` units (0: never) and/or at the end."""
+
+    frequency: int
+    at_end: bool
+
+    def is_due(self, completed: int) -> bool:
+        """Return True when a checkpoint is due after ``completed`` units (1-based count)."""
+        return self.frequency > 0 and completed % self.frequency == 0
+
+
+def resolve_timing(frequency: int | None, checkpoint_at_end: bool | None) -> Timing:
+    """Return the timing from explicit arguments, else from the run's CheckpointConfig.
+
+    ``checkpoint_at_end=None`` means True, as for every trainer that owns its loop.
+    """
+    config = run_checkpoint_config()
+    if frequency is None:
+        frequency = config.checkpoint_frequency
+    if checkpoint_at_end is None:
+        checkpoint_at_end = config.checkpoint_at_end
+    if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 0:
+        raise ValueError(f"frequency must be an integer >= 0, got {frequency!r}")
+    return Timing(frequency, True if checkpoint_at_end is None else bool(checkpoint_at_end))
+
+
+def run_checkpoint_config() -> CheckpointConfig:
+    """Return the CheckpointConfig of the run this worker belongs to (defaults outside a run)."""
+    from trainkeep import session
+
+    try:
+        return session.get_context().get_checkpoint_config()
+    except Exception:  # outside a run the callbacks still work, with the defaults
+        return CheckpointConfig()
