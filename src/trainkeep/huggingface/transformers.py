@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from trainkeep.integrations.transformers import RayTrainReportCallback, TrainkeepReportCallback, prepare_trainer
+from trainkeep.integrations.transformers import (
+    RayTrainReportCallback,
+    TrainkeepReportCallback,
+    prepare_trainer,
+)
 from trainkeep.torch import TorchTrainer
 
 

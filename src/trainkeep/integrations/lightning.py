@@ -31,7 +31,7 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class RayTrainReportCallback(pl.Callback):
+class RayTrainReportCallback(pl.Callback):  # type: ignore[name-defined, misc]
     """Report Lightning's logged metrics each epoch, with a checkpoint when one is due.
 
     Args:
@@ -83,7 +83,7 @@ def _is_last_epoch(trainer: Any) -> bool:
         (max_steps >= 0 and trainer.global_step >= max_steps) or bool(trainer.should_stop)
 
 
-class RayLightningEnvironment(_envs.LightningEnvironment):
+class RayLightningEnvironment(_envs.LightningEnvironment):  # type: ignore[name-defined, misc]
     """A cluster environment whose ranks come from trainkeep's worker context (processes made by trainkeep)."""
 
     @property
@@ -117,7 +117,7 @@ class RayLightningEnvironment(_envs.LightningEnvironment):
         pass
 
 
-class RayDDPStrategy(pl.strategies.DDPStrategy):
+class RayDDPStrategy(pl.strategies.DDPStrategy):  # type: ignore[name-defined, misc]
     """Lightning's DDP strategy over the process group that ``TorchTrainer`` already set up."""
 
     @property

@@ -19,7 +19,7 @@ from trainkeep.integrations._common import require, resolve_timing
 transformers = require("transformers", "transformers")
 
 
-class RayTrainReportCallback(transformers.TrainerCallback):
+class RayTrainReportCallback(transformers.TrainerCallback):  # type: ignore[name-defined, misc]
     """Turn every checkpoint the Trainer saves into a reported trainkeep checkpoint.
 
     Args:

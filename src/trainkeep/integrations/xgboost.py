@@ -19,7 +19,7 @@ xgb = require("xgboost", "xgboost", "xgboost-cpu")
 MODEL_FILENAME = "model.ubj"
 
 
-class RayTrainReportCallback(xgb.callback.TrainingCallback):
+class RayTrainReportCallback(xgb.callback.TrainingCallback):  # type: ignore[name-defined, misc]
     """Report the evaluation metrics after every boosting round, with a checkpoint when one is due.
 
     Args:

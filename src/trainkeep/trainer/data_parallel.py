@@ -88,7 +88,10 @@ class DataParallelTrainer:
                 raise ConfigError(
                     f"CheckpointConfig({field}={value!r}) does not apply to a training function, which owns its "
                     "loop: report a checkpoint from the loop instead, e.g. trainkeep.report(metrics, "
-                    "checkpoint=trainkeep.Checkpoint.from_directory(d)) every N epochs and after the last one."
+                    "checkpoint=trainkeep.Checkpoint.from_directory(d)) every N epochs and after the last one; "
+                    "or use a trainer whose loop trainkeep drives (TrainableTrainer, trainkeep.xgboost.XGBoostTrainer, "
+                    "trainkeep.lightgbm.LightGBMTrainer, trainkeep.lightning.LightningTrainer, "
+                    "trainkeep.huggingface.transformers.TransformersTrainer)."
                 )
 
     # ------------------------------------------------------------------------------------------ fit
