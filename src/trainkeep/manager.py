@@ -404,6 +404,7 @@ class CheckpointManager:
             if self._closed:
                 return
             try:
+                self._release_protection()
                 self._state.index.status = status
                 self._write_index(self._state)
                 # flushes the rows buffered since the last commit (no-op on a local run without a history)
@@ -411,6 +412,14 @@ class CheckpointManager:
             finally:
                 self._closed = True
                 self._lock.release()
+
+    def _release_protection(self) -> None:
+        """Drop the protection of checkpoints a worker group ran from, and delete what retention no longer keeps."""
+        self.protected = set()
+        try:
+            self._apply_retention()
+        except OSError as exc:  # the run stays consistent: the next open or commit retries the deletes
+            logger.warning("retention at close of run %s failed: %s", self.path, exc)
 
     def __enter__(self) -> CheckpointManager:
         return self

@@ -409,3 +409,16 @@ def test_a_file_where_the_run_should_be_is_a_storage_error(tmp_path: Path) -> No
     with pytest.raises(tk.StorageError, match="exists and is a file"):
         tk.CheckpointManager(str(path))
     assert path.read_text() == "not a directory"
+
+
+def test_protected_checkpoint_survives_retention_until_close(run_dir: str, make_source: MakeSource) -> None:
+    """A checkpoint a worker group runs from outlives its rank, and is deleted once the run closes."""
+    config = tk.CheckpointConfig(num_to_keep=1)
+    with tk.CheckpointManager(run_dir, config) as manager:
+        manager.report({"step": 0}, make_source())
+        manager.protected = {"checkpoint_000000"}
+        manager.report({"step": 1}, make_source())
+        manager.report({"step": 2}, make_source())
+        assert _on_storage(run_dir) == ["checkpoint_000000", "checkpoint_000002"]
+    assert _on_storage(run_dir) == ["checkpoint_000002"]
+    assert [c["name"] for c in _index(run_dir)["checkpoints"]] == ["checkpoint_000002"]
