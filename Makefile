@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main demo: a training loop whose checkpoints are kept by score, on local storage.
+## The main demo: a PyTorch model on 2 workers, a checkpoint per epoch kept by score, one crash recovered from.
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
@@ -35,6 +35,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_persist.py
+
+## Side by side with Ray Train 2.60 (installs Ray into a separate .venv-bench; never part of `make test`).
+bench-ray:
+	bash benchmarks/bench_vs_ray.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo_runs
