@@ -31,10 +31,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy src
 
-## Persistence benchmarks (never part of `make test`).
+## Benchmarks (never part of `make test`): report round trip, persistence against the raw disk, constant cost.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_persist.py
+	$(PY) benchmarks/bench_scale.py
 
 ## Side by side with Ray Train 2.60 (installs Ray into a separate .venv-bench; never part of `make test`).
 bench-ray:
