@@ -41,7 +41,7 @@ from trainkeep.layout import (
 from trainkeep.manifest import FileEntry, IndexEntry, Manifest, RunIndex, encode, history_line
 from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.retention import Decision, Record, best_checkpoints, decide
-from trainkeep.run import RunState, is_run, read_manifest, read_run, verify_checkpoint
+from trainkeep.run import RunState, is_run, read_history, read_manifest, read_run, verify_checkpoint
 from trainkeep.storage import Storage, list_source_files, resolve
 from trainkeep.storage.base import format_bytes
 
@@ -93,6 +93,7 @@ class CheckpointManager:
             self._lock.release()
             raise
         self._next_round = self._state.next_round
+        self._state.history = []  # read back from storage on demand (see `history`): constant memory per round
         self._committed_names = {c.name for c in self._state.index.checkpoints}
 
     # ------------------------------------------------------------------------------------------ opening
@@ -290,7 +291,6 @@ class CheckpointManager:
         now = time.time()
         path = self.storage.join(self.path, HISTORY_NAME)
         self.storage.append(path, history_line(round_index, now, metrics, name), durable=durable)
-        self._state.history.append({"round": round_index, "time": now, "checkpoint": name, "metrics": metrics})
 
     # ------------------------------------------------------------------------------------------ retention
 
@@ -363,8 +363,15 @@ class CheckpointManager:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Every completed round as ``{"round", "time", "checkpoint", "metrics"}``, in round order."""
-        return sorted(self._state.history, key=lambda row: row["round"])
+        """Every completed round as ``{"round", "time", "checkpoint", "metrics"}``, in round order.
+
+        Read back from storage (rows buffered since the last commit are flushed first), so a long run's
+        history costs no memory in the writer.
+        """
+        with self._mutex:
+            if not self._closed:
+                self.storage.append(self.storage.join(self.path, HISTORY_NAME), b"", durable=True)
+            return read_history(self.storage, self.path)
 
     def resume_checkpoint(self) -> Checkpoint | None:
         """Return the newest committed checkpoint whose files verify; skip corrupt ones with a warning."""

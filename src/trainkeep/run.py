@@ -92,6 +92,12 @@ def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfi
     return RunState(run_path, index, history, valid, len(raw_history), problems, rebuilt, changed)
 
 
+def read_history(storage: Storage, run_path: str) -> list[dict[str, Any]]:
+    """Return every completed round of the run's history, in round order (a torn last line is left out)."""
+    raw_history, history_parts = storage.read_log(storage.join(run_path, HISTORY_NAME))
+    return parse_history(raw_history, history_parts)[0]
+
+
 def _read_optional(storage: Storage, path: str) -> bytes:
     try:
         return storage.read_bytes(path)
