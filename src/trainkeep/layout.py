@@ -26,6 +26,7 @@ INTENT_PREFIX = "intent-"
 TEMP_SUFFIX = ".trainkeep_tmp"
 METADATA_NAME = ".metadata.json"
 MAX_NAME_LENGTH = 100
+MAX_NAME_BYTES = 200  # in UTF-8: with the intent record's prefix, suffix and temp suffix, within NAME_MAX (255)
 
 RESERVED_PREFIXES = (".trainkeep", "trainkeep_run", "history.jsonl")
 DEFAULT_CHECKPOINT_RE = re.compile(r"^checkpoint_\d{6,}$")
@@ -44,6 +45,8 @@ def _check_component(kind: str, name: object, reserved: bool = True) -> str:
         problem = "it is empty"
     elif len(name) > MAX_NAME_LENGTH:
         problem = f"it has {len(name)} characters (at most {MAX_NAME_LENGTH} are allowed)"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        problem = f"it is {len(name.encode('utf-8', 'surrogatepass'))} bytes long in UTF-8 (at most {MAX_NAME_BYTES})"
     elif "/" in name or "\\" in name:
         problem = "it contains a path separator ('/' or '\\')"
     elif "\x00" in name:

@@ -28,7 +28,7 @@ from trainkeep.cli.common import (
 )
 from trainkeep.cli.listing import JSON_OPTION
 from trainkeep.config import CheckpointConfig
-from trainkeep.layout import validate_checkpoint_name
+from trainkeep.layout import MANIFEST_NAME, validate_checkpoint_name
 from trainkeep.manager import CheckpointManager
 from trainkeep.retention import Decision, decide
 from trainkeep.run import verify_checkpoint
@@ -67,10 +67,15 @@ def verify_command(run: str, checkpoint: str | None, as_json: bool) -> None:
 def _names_to_verify(view: RunView, checkpoint: str | None) -> list[str]:
     """Return the checkpoints to verify: the one named, or every one the index lists or storage commits.
 
-    A checkpoint the stored index lists but whose manifest is gone is included, so that it fails.
+    A checkpoint the stored index lists but whose manifest is gone is included, so that it fails; so is a
+    directory whose manifest does not parse, which the reconciled index skips (e.g. when the index is damaged too).
     """
     listed = indexed_names(view.storage, view.path)
     listed.update({c.name: c.round for c in view.state.index.checkpoints})
+    for name in view.storage.listdir(view.path):
+        if name not in listed and name not in view.state.index.retiring and view.storage.exists(
+                view.storage.join(view.path, name, MANIFEST_NAME)):
+            listed[name] = len(listed) + 10**9  # its round is unknown: list it last
     if checkpoint is None:
         return sorted(listed, key=lambda name: listed[name])
     validate_checkpoint_name(checkpoint)
