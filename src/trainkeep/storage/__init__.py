@@ -29,7 +29,7 @@ from trainkeep.storage.base import (
 from trainkeep.storage.lease import LeaseLock
 from trainkeep.storage.local import FlockLock, LocalStorage
 from trainkeep.storage.remote import FsspecStorage
-from trainkeep.storage.resolve import as_fsspec, resolve, storage_for
+from trainkeep.storage.resolution import as_fsspec, resolve, storage_for
 from trainkeep.storage.retry import RetryPolicy
 
 _FlockLock = FlockLock  # the names of the first release, kept for callers that used them

@@ -136,7 +136,7 @@ class Storage(ABC):
     def delete_tree(self, path: str) -> None:
         """Delete a directory and all it holds; a missing directory is not an error."""
 
-    def sync_dir(self, path: str) -> None:
+    def sync_dir(self, path: str) -> None:  # noqa: B027 - a hook whose default is to do nothing
         """Make the entries of directory ``path`` durable (a no-op where the store has no directories)."""
 
     @abstractmethod

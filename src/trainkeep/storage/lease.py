@@ -112,10 +112,15 @@ class LeaseLock(RunLock):
         self.holder = holder_record()
         self.holder["ttl_s"] = self.ttl_s
         self.lost: RunLockedError | None = None
-        self._version = self._acquire()
-        self._renewed = time.monotonic()
-        with _GUARD:
+        with _GUARD:  # live before the record exists: a thread of this process must not find it stale
             _LIVE_TOKENS.add(self.holder["token"])
+        try:
+            self._version = self._acquire()
+        except BaseException:
+            with _GUARD:
+                _LIVE_TOKENS.discard(self.holder["token"])
+            raise
+        self._renewed = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="trainkeep-lease", daemon=True)
         self._thread.start()
@@ -208,7 +213,8 @@ def stale_reason(holder: dict[str, Any], now: float | None = None) -> str | None
         return "the lock record is unreadable"
     now = time.time() if now is None else now
     beat = holder.get("heartbeat")
-    ttl = holder.get("ttl_s") if isinstance(holder.get("ttl_s"), (int, float)) else LeaseLock.ttl_s
+    recorded = holder.get("ttl_s")
+    ttl = float(recorded) if isinstance(recorded, (int, float)) else LeaseLock.ttl_s
     if not isinstance(beat, (int, float)) or now - beat > ttl:
         return f"its holder (pid {holder.get('pid')} on {holder.get('host')}) has not renewed it for {ttl:.0f} s"
     if holder.get("host") == socket.gethostname():

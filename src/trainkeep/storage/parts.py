@@ -72,7 +72,7 @@ def plan_merge(spans: list[Span], fanout: int) -> list[Span] | None:
         return None
     tail = spans[-fanout:]
     length = tail[0].length
-    contiguous = all(b.first == a.last + 1 for a, b in zip(tail, tail[1:]))
+    contiguous = all(b.first == a.last + 1 for a, b in zip(tail, tail[1:], strict=False))
     return tail if contiguous and all(s.length == length for s in tail) else None
 
 

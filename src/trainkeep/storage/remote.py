@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "r2"})
 READ_THREADS = 8
+UPLOAD_THREADS = 8  # files read at once; their chunks share the Uploader's memory bound
 
 
 def protocols(fs: Any) -> tuple[str, ...]:
@@ -160,7 +161,10 @@ class FsspecStorage(Storage):
             self._fresh(path)
 
     def append(self, path: str, data: bytes, durable: bool = False) -> None:
-        """Buffer rows and PUT them as a new part of the log (see ``parts.py``): O(rows) per flush."""
+        """Buffer rows and PUT them as a new part of the log (see ``parts.py``): O(rows) per flush.
+
+        A crash loses the rows buffered since the last flush; every flushed part is whole.
+        """
         self._fence(path)
         with self._guard:
             log = self._logs.setdefault(path, PartLog(self, path))
@@ -186,6 +190,7 @@ class FsspecStorage(Storage):
                 self._fresh(path)
 
     def delete_tree(self, path: str) -> None:
+        """Delete every object under ``path``; a crash inside leaves some of them (deleting again finishes)."""
         self._fence(path)
         self._fresh(path)
         try:
@@ -212,7 +217,8 @@ class FsspecStorage(Storage):
                     put = uploader.upload if uploader is not None else self._stream_put
                     return FileEntry(rel, *put(src, dest, transfer.advance))
 
-                with ThreadPoolExecutor(max_workers=min(COPY_THREADS, max(1, len(files)))) as pool:
+                threads = UPLOAD_THREADS if uploader is not None else COPY_THREADS
+                with ThreadPoolExecutor(max_workers=min(threads, max(1, len(files)))) as pool:
                     entries = list(pool.map(one, files))
         finally:
             if uploader is not None:

@@ -6,9 +6,10 @@ through s3fs's client (``call_s3``), so its credentials, endpoint and session se
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import threading
+import queue
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -16,9 +17,9 @@ from typing import Any
 import fsspec.asyn
 
 from trainkeep.storage.base import new_hasher
-from trainkeep.storage.retry import RetryPolicy, call, is_missing, is_precondition_failed
+from trainkeep.storage.retry import RetryPolicy, call, classify, is_missing, is_precondition_failed
 
-PART_SIZE = 8 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS = 10_000
 PART_THREADS = 8
 
@@ -35,14 +36,17 @@ class ConditionFailed(Exception):
 class Uploader:
     """Upload local files to S3: one PUT for small files, parallel multipart for large ones, in bounded memory.
 
-    At most ``PART_THREADS`` parts are in flight for all files of one checkpoint together, so the memory
-    held is about ``(PART_THREADS + readers) * PART_SIZE`` whatever the checkpoint's size.
+    Chunks are read into a pool of ``PART_THREADS`` reusable buffers; a buffer returns to the pool when its
+    request is done. So for all files of a checkpoint together at most ``PART_THREADS * PART_SIZE`` bytes
+    (128 MiB) are held, whatever the checkpoint's size, and the same memory is reused for every part (a fresh
+    allocation per part fragments the heap and lets the process grow). The HTTP stack keeps about two more
+    copies of what is in flight: measured, the uploading process grows by ~350 MiB at most.
     """
 
     def __init__(self, fs: Any, policy: RetryPolicy, part_size: int = PART_SIZE) -> None:
         self.fs, self.policy, self.part_size = fs, policy, part_size
         self._pool = ThreadPoolExecutor(max_workers=PART_THREADS, thread_name_prefix="trainkeep-s3-part")
-        self._slots = threading.BoundedSemaphore(PART_THREADS)
+        self._buffers = _BufferPool(PART_THREADS, part_size)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -57,17 +61,21 @@ class Uploader:
         size = os.path.getsize(src)
         bucket, key, _ = self.fs.split_path(dest)
         part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
-        with open(src, "rb") as f:
+        with open(src, "rb", buffering=0) as f:
             if size <= part_size:
-                data = f.read()
-                hasher = new_hasher()
-                hasher.update(data)
-                self._put_new(dest, bucket, key, data)
-                progress(len(data))
-                return len(data), hasher.hexdigest()
+                slot = self._buffers.take_slot()  # a small file is read whole: no pooled buffer needed
+                try:
+                    body = f.read()
+                    hasher = new_hasher()
+                    hasher.update(body)
+                    self._put_new(dest, bucket, key, body)
+                finally:
+                    self._buffers.give(slot)
+                progress(len(body))
+                return len(body), hasher.hexdigest()
             return self._multipart(f, dest, bucket, key, part_size, progress)
 
-    def _put_new(self, dest: str, bucket: str, key: str, data: bytes) -> None:
+    def _put_new(self, dest: str, bucket: str, key: str, data: bytes | bytearray) -> None:
         tries = [0]
 
         def put() -> Any:
@@ -92,14 +100,19 @@ class Uploader:
         failed: list[BaseException] = []
         try:
             for number in range(1, MAX_PARTS + 1):
-                chunk = f.read(part_size)
+                buffer = self._buffers.take()  # blocks while every buffer is in flight: bounded memory
+                try:
+                    chunk = self._buffers.fill(buffer, f, part_size)
+                except BaseException:
+                    self._buffers.give(buffer)
+                    raise
                 if not chunk or failed:
+                    self._buffers.give(buffer)
                     break
                 hasher.update(chunk)
                 size += len(chunk)
-                self._slots.acquire()  # bounds the bytes in flight: blocks while PART_THREADS parts are
                 fut = self._pool.submit(self._part, dest, bucket, key, upload_id, number, chunk, progress)
-                fut.add_done_callback(lambda done: _note(done, failed, self._slots))
+                fut.add_done_callback(functools.partial(_note, failed=failed, buffers=self._buffers, buffer=buffer))
                 futures.append(fut)
             parts = [{"PartNumber": i + 1, "ETag": fut.result()} for i, fut in enumerate(futures)]
             call("finish upload", dest, lambda: self.fs.call_s3(
@@ -115,7 +128,7 @@ class Uploader:
             self.fs.invalidate_cache(dest)
         return size, hasher.hexdigest()
 
-    def _part(self, dest: str, bucket: str, key: str, upload_id: str, number: int, chunk: bytes,
+    def _part(self, dest: str, bucket: str, key: str, upload_id: str, number: int, chunk: bytes | bytearray,
               progress: Callable[[int], None]) -> str:
         out = call("upload part", f"{dest} (part {number})", lambda: self.fs.call_s3(
             "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk),
@@ -137,8 +150,45 @@ class Uploader:
             return None
 
 
-def _note(done: Future, failed: list[BaseException], slots: threading.BoundedSemaphore) -> None:
-    slots.release()  # also for a cancelled part, which never ran
+class _BufferPool:
+    """``count`` slots, each with a reusable buffer of ``size`` bytes allocated on first use (a bytearray is
+    zero-filled, so it costs its size in memory at once); ``take`` blocks while every slot is out."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self._free: queue.LifoQueue[bytearray | None] = queue.LifoQueue()
+        for _ in range(count):
+            self._free.put(None)
+
+    def take(self) -> bytearray:
+        """Take a slot with its buffer (allocated now if the slot has none yet); blocks while none is free."""
+        buffer = self._free.get()
+        return buffer if buffer is not None else bytearray(self.size)
+
+    def take_slot(self) -> bytearray | None:
+        """Take a slot without needing its buffer (it may have none); give it back with :meth:`give`."""
+        return self._free.get()
+
+    def give(self, buffer: bytearray | None) -> None:
+        self._free.put(buffer if buffer is not None and len(buffer) == self.size else None)
+
+    @staticmethod
+    def fill(buffer: bytearray, f: Any, limit: int) -> bytes | bytearray:
+        """Read up to ``limit`` bytes of ``f``; return the buffer itself when full, else a copy of what was read.
+
+        botocore takes bytes or a bytearray as a body, not a memoryview: a short read is copied (once a file).
+        """
+        if limit > len(buffer):  # a file so large that its parts outgrow the buffers (> 160 GB)
+            return f.read(limit)
+        view = memoryview(buffer)
+        got = 0
+        while got < limit and (n := f.readinto(view[got:limit])):
+            got += n
+        return buffer if got == len(buffer) else bytes(view[:got])
+
+
+def _note(done: Future, *, failed: list[BaseException], buffers: _BufferPool, buffer: bytearray) -> None:
+    buffers.give(buffer)  # also for a cancelled part, which never ran
     if not done.cancelled() and done.exception() is not None:
         failed.append(done.exception())  # type: ignore[arg-type]
 
@@ -223,7 +273,13 @@ class S3Conditional:
         except Exception as exc:
             if is_precondition_failed(exc):
                 raise ConditionFailed(path) from exc
-            if not is_missing(exc):
+            if is_missing(exc):
+                return
+            if classify(exc).status not in (400, 501):
                 raise
+            # A store without conditional deletes: compare, then delete (a small window remains).
+            if self.read(path)[1] != etag:
+                raise ConditionFailed(path) from exc
+            call("delete", path, lambda: self.fs.call_s3("delete_object", Bucket=bucket, Key=key), self.policy)
         finally:
             self.fs.invalidate_cache(path)
