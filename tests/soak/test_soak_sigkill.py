@@ -60,7 +60,10 @@ EVENT_TIMEOUT_S = 120.0
 
 
 def _round(name: str) -> int:
-    return int(name.rsplit("_", 1)[1])
+    """Return the round in a checkpoint name (``checkpoint_000012`` -> 12); fail naming anything else."""
+    head, _, digits = name.rpartition("_")
+    assert head.endswith("checkpoint") and digits.isdigit(), f"unexpected entry {name!r} in the run"
+    return int(digits)
 
 
 def _same(a: Any, b: Any) -> bool:
