@@ -85,6 +85,8 @@ class CheckpointManager:
         self._mutex = threading.RLock()
         self._closed = False
         self._retiring_on_disk: set[str] = set()  # the `retiring` list as last written to the index
+        self._history_unsynced = False  # rows of metrics-only rounds appended since the last durable append
+        self._unwritten = b""  # rows of committed checkpoints whose append failed: they go with the next one
         self._prepare_run_dir()
         self._lock = self.storage.lock(self.storage.join(self.path, INTERNAL_DIR, LOCK_NAME))
         try:
@@ -126,6 +128,8 @@ class CheckpointManager:
     def _finish_retiring(self, state: RunState) -> None:
         for name in list(state.index.retiring):
             self._delete_checkpoint_files(name)
+        if state.index.retiring:
+            self.storage.sync_dir(self.path)  # the removals are durable before the index stops listing them
         state.index.retiring = [n for n in state.index.retiring if self.storage.exists(self._dir(n))]
 
     def _sweep(self, state: RunState) -> None:
@@ -264,20 +268,17 @@ class CheckpointManager:
         """Commit the staged checkpoint ``name`` whose ``files`` are all written, then apply retention.
 
         Steps: make the directory durable, write the manifest (the commit point), append the history row,
-        replace the index, drop the intent, run retention.
+        replace the index, drop the intent, run retention. A failure before the manifest removes the staged
+        directory (nothing new is visible); after it, the checkpoint stays committed and the error is raised.
         """
         with self._mutex:
             self._check_open()
             storage, dest, round_index = self.storage, self._dir(name), self._next_round
-            storage.sync_dir(dest)
-            storage.sync_dir(self.path)
-            manifest = Manifest(name, round_index, time.time(), metrics,
-                                tuple(sorted(files, key=lambda f: f.path)))
-            storage.write_atomic(storage.join(dest, MANIFEST_NAME), encode(manifest.to_dict()))
+            manifest = self._publish(name, round_index, metrics, files)
             self._committed_names.add(name)
             self._next_round += 1
-            self._append_history(round_index, metrics, name, durable=True)
             self._state.index.checkpoints.append(IndexEntry.from_manifest(manifest))
+            self._append_history(round_index, metrics, name, durable=True)
             self._write_index(self._state)
             storage.delete_file(storage.join(self.path, INTERNAL_DIR, intent_name(name)))
             self._apply_retention()
@@ -287,10 +288,37 @@ class CheckpointManager:
                        transfer.describe() if transfer else format_bytes(manifest.size))
             return Checkpoint(dest, storage.fs)
 
+    def _publish(self, name: str, round_index: int, metrics: dict[str, Any], files: list[FileEntry]) -> Manifest:
+        """Make the staged files and earlier history rows durable, then write the manifest (the commit point).
+
+        On any failure the round is aborted (its directory and intent removed) and the error raised.
+        """
+        storage, dest = self.storage, self._dir(name)
+        try:
+            storage.sync_dir(dest)
+            storage.sync_dir(self.path)
+            if self._history_unsynced or self._unwritten:  # earlier rounds' rows must not be lost while
+                self._flush_history()  # this later one commits
+            manifest = Manifest(name, round_index, time.time(), metrics, tuple(sorted(files, key=lambda f: f.path)))
+            storage.write_atomic(storage.join(dest, MANIFEST_NAME), encode(manifest.to_dict()))
+        except BaseException:
+            self.abort(name)  # the round fails whole: nothing new becomes visible
+            raise
+        return manifest
+
     def _append_history(self, round_index: int, metrics: dict[str, Any], name: str | None, durable: bool) -> None:
-        now = time.time()
-        path = self.storage.join(self.path, HISTORY_NAME)
-        self.storage.append(path, history_line(round_index, now, metrics, name), durable=durable)
+        """Append a completed round's row. The row of a committed checkpoint whose append fails is kept and
+        written with the next append: retention may delete the checkpoint first, and its manifest with it."""
+        line = history_line(round_index, time.time(), metrics, name)
+        if name is not None:
+            self._unwritten, line = self._unwritten + line, b""
+        self.storage.append(self.storage.join(self.path, HISTORY_NAME), self._unwritten + line, durable=durable)
+        self._unwritten, self._history_unsynced = b"", not durable
+
+    def _flush_history(self) -> None:
+        """Make every row appended so far durable (with the rows a failed append owes, first)."""
+        self.storage.append(self.storage.join(self.path, HISTORY_NAME), self._unwritten, durable=True)
+        self._unwritten, self._history_unsynced = b"", False
 
     # ------------------------------------------------------------------------------------------ retention
 
@@ -319,6 +347,7 @@ class CheckpointManager:
             logger.debug("retention deletes %s: %s", record.name, decision.reasons[record.name])
             self._committed_names.discard(record.name)
             self._delete_checkpoint_files(record.name)
+        self.storage.sync_dir(self.path)  # the removals are durable before the index stops listing them
         index.retiring = [n for n in index.retiring if self.storage.exists(self._dir(n))]
         return decision
 
@@ -370,7 +399,7 @@ class CheckpointManager:
         """
         with self._mutex:
             if not self._closed:
-                self.storage.append(self.storage.join(self.path, HISTORY_NAME), b"", durable=True)
+                self._flush_history()
             return read_history(self.storage, self.path)
 
     def resume_checkpoint(self) -> Checkpoint | None:
@@ -415,7 +444,7 @@ class CheckpointManager:
                 self._state.index.status = status
                 self._write_index(self._state)
                 # flushes the rows buffered since the last commit (no-op on a local run without a history)
-                self.storage.append(self.storage.join(self.path, HISTORY_NAME), b"", durable=True)
+                self._flush_history()
             finally:
                 self._closed = True
                 self._lock.release()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from trainkeep.errors import StorageError
 from trainkeep.storage.base import CHUNK_SIZE, new_hasher
+from trainkeep.storage.syscalls import SYSCALLS, Syscalls
 
 Progress = Callable[[int], None]
 
@@ -58,11 +59,13 @@ COPY_METHODS: tuple[tuple[str, Callable[[int, int, int, int], int]], ...] = tupl
 )
 
 
-def copy_file(src: str, dest: str, progress: Progress | None = None, methods: tuple = COPY_METHODS) -> tuple[int, str]:
+def copy_file(src: str, dest: str, progress: Progress | None = None, methods: tuple = COPY_METHODS, *,
+              syscalls: Syscalls = SYSCALLS) -> tuple[int, str]:
     """Copy local file ``src`` to new file ``dest``, fsync it, and return its size and xxh3_128 checksum.
 
     The kernel copies each chunk; the chunk is hashed from the page cache right after. ``methods`` are tried
-    in order and the first that the filesystem supports is kept for the rest of the file.
+    in order and the first that the filesystem supports is kept for the rest of the file. The calls that
+    write go through ``syscalls`` (see syscalls.py).
 
     Raises:
         FileExistsError when ``dest`` exists (it is never overwritten); FileNotFoundError when ``src`` is
@@ -70,16 +73,16 @@ def copy_file(src: str, dest: str, progress: Progress | None = None, methods: tu
     """
     fd_in = _open(src, os.O_RDONLY, "open")
     try:
-        fd_out = _open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "create")
+        fd_out = _create(dest, syscalls)
         try:
-            size, digest = _copy_fds(fd_in, fd_out, src, progress, methods)
-            os.fsync(fd_out)
+            size, digest = _copy_fds(fd_in, fd_out, src, progress, methods, syscalls)
+            syscalls.fsync(fd_out)
         except StorageError:
             raise
         except OSError as exc:
             raise StorageError("copy", dest, exc) from exc
         finally:
-            os.close(fd_out)
+            syscalls.close(fd_out)
     finally:
         os.close(fd_in)
     return size, digest
@@ -94,14 +97,24 @@ def _open(path: str, flags: int, op: str) -> int:
         raise StorageError(op, path, exc) from exc
 
 
-def _copy_fds(fd_in: int, fd_out: int, src: str, progress: Progress | None, methods: tuple) -> tuple[int, str]:
+def _create(path: str, syscalls: Syscalls) -> int:
+    try:
+        return syscalls.create(path)
+    except (FileExistsError, FileNotFoundError):
+        raise
+    except OSError as exc:
+        raise StorageError("create", path, exc) from exc
+
+
+def _copy_fds(fd_in: int, fd_out: int, src: str, progress: Progress | None, methods: tuple,
+              syscalls: Syscalls) -> tuple[int, str]:
     hasher, offset = new_hasher(), 0
     buf = bytearray(CHUNK_SIZE)
     view = memoryview(buf)
     candidates = list(methods)
     while True:
         try:
-            n = candidates[0][1](fd_in, fd_out, CHUNK_SIZE, offset)
+            n = syscalls.copy(candidates[0][1], fd_in, fd_out, CHUNK_SIZE, offset)
         except OSError as exc:
             if exc.errno not in _NO_KERNEL_COPY or len(candidates) == 1:
                 raise
@@ -144,7 +157,8 @@ def hash_file(path: str) -> tuple[int, str]:
         os.close(fd)
 
 
-def move_file(src: str, dest: str, progress: Progress | None = None) -> tuple[int, str]:
+def move_file(src: str, dest: str, progress: Progress | None = None, *,
+              syscalls: Syscalls = SYSCALLS) -> tuple[int, str]:
     """Move local file ``src`` to new path ``dest`` on the same filesystem; fsync it; return size and checksum.
 
     The file is hard-linked to ``dest`` then unlinked from ``src``, so an existing ``dest`` is never replaced.
@@ -155,23 +169,19 @@ def move_file(src: str, dest: str, progress: Progress | None = None) -> tuple[in
         the file is at ``src``, at ``dest``, or at both (two names of one file); never lost.
     """
     try:
-        os.link(src, dest)
+        syscalls.link(src, dest)
     except FileExistsError:
         raise
     except OSError as exc:
         if exc.errno not in _NO_LINK:
             raise StorageError("move", dest, exc) from exc
-        size, digest = copy_file(src, dest, progress)
-        _unlink(src)
+        size, digest = copy_file(src, dest, progress, syscalls=syscalls)
+        _unlink(src, syscalls)
         return size, digest
-    _unlink(src)
+    _unlink(src, syscalls)
     try:
         size, digest = hash_file(dest)
-        fd = os.open(dest, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        syscalls.fsync_file(dest)
     except OSError as exc:
         raise StorageError("move", dest, exc) from exc
     if progress is not None:
@@ -179,9 +189,9 @@ def move_file(src: str, dest: str, progress: Progress | None = None) -> tuple[in
     return size, digest
 
 
-def _unlink(path: str) -> None:
+def _unlink(path: str, syscalls: Syscalls) -> None:
     try:
-        os.unlink(path)
+        syscalls.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:

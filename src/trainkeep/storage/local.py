@@ -21,6 +21,7 @@ from trainkeep.manifest import FileEntry
 from trainkeep.storage.base import COPY_THREADS, RunLock, Storage, holder_record, parse_holder, wrap_error
 from trainkeep.storage.fastcopy import copy_file, move_file, same_device
 from trainkeep.storage.progress import Transfer
+from trainkeep.storage.syscalls import SYSCALLS, Syscalls
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class LocalStorage(Storage):
     """The local disk, with fsync of files and directories and atomic rename."""
 
     is_local = True
+    # every call that changes the disk goes through this object; trainkeep.testing swaps it per instance
+    syscalls: Syscalls = SYSCALLS
 
     def __init__(self) -> None:
         self.fs = fsspec.filesystem("file")
@@ -49,7 +52,7 @@ class LocalStorage(Storage):
 
     def makedirs(self, path: str) -> None:
         try:
-            os.makedirs(path, exist_ok=True)
+            self.syscalls.makedirs(path)
         except OSError as exc:
             raise StorageError("mkdir", path, exc) from exc
 
@@ -66,44 +69,56 @@ class LocalStorage(Storage):
         A crash inside leaves the old content and maybe a ``*.trainkeep_tmp`` file that the sweep removes.
         """
         tmp = f"{path}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+        sc = self.syscalls
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = sc.create(tmp)
             try:
-                write_all(fd, data)
-                os.fsync(fd)
+                write_all(fd, data, sc)
+                sc.fsync(fd)
             finally:
-                os.close(fd)
-            os.rename(tmp, path)
+                sc.close(fd)
+            sc.rename(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                sc.unlink(tmp)
             raise StorageError("write", path, exc) from exc
         self.sync_dir(os.path.dirname(path))
 
     def append(self, path: str, data: bytes, durable: bool = False) -> None:
-        """Append to the file with O_APPEND; a crash inside may leave a torn last line (readers drop it)."""
+        """Append to the file with O_APPEND; a crash inside may leave a torn last line (readers drop it).
+
+        A failed append (a full disk mid-write) is cut back off, so the next append cannot land after a torn
+        line in the middle of the log.
+        """
         if not data and not os.path.exists(path):
             return
+        sc = self.syscalls
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = sc.open_append(path)
             try:
-                write_all(fd, data)
-                if durable:
-                    os.fsync(fd)
+                start = os.fstat(fd).st_size
+                try:
+                    write_all(fd, data, sc)
+                    if durable:
+                        sc.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        sc.ftruncate(fd, start)
+                    raise
             finally:
-                os.close(fd)
+                sc.close(fd)
         except OSError as exc:
             raise StorageError("append", path, exc) from exc
 
     def truncate(self, path: str, size: int) -> None:
         try:
-            os.truncate(path, size)
+            self.syscalls.truncate(path, size)
         except OSError as exc:
             raise StorageError("truncate", path, exc) from exc
 
     def delete_file(self, path: str) -> None:
         try:
-            os.unlink(path)
+            self.syscalls.unlink(path)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -115,15 +130,11 @@ class LocalStorage(Storage):
                 raise StorageError("delete", failed, exc_info[1])
 
         if os.path.lexists(path):
-            shutil.rmtree(path, onerror=onerror)
+            self.syscalls.rmtree(path, onerror)
 
     def sync_dir(self, path: str) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self.syscalls.fsync_dir(path)
         except OSError as exc:
             raise StorageError("fsync directory", path, exc) from exc
 
@@ -145,7 +156,7 @@ class LocalStorage(Storage):
             def one(rel: str) -> FileEntry:
                 src, dest = os.path.join(src_dir, rel), os.path.join(dest_dir, rel)
                 put = move_file if renaming else copy_file
-                size, digest = put(src, dest, transfer.advance)
+                size, digest = put(src, dest, transfer.advance, syscalls=self.syscalls)
                 return FileEntry(rel, size, digest)
 
             with ThreadPoolExecutor(max_workers=min(COPY_THREADS, max(1, len(files)))) as pool:
@@ -182,11 +193,11 @@ def _local_size(path: str) -> int:
         return 0  # the copy itself reports the problem
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview, syscalls: Syscalls = SYSCALLS) -> None:
     """Write all of ``data`` to ``fd`` (os.write may write less than asked)."""
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = syscalls.write(fd, view)
         view = view[written:]
 
 

@@ -26,6 +26,7 @@ from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
 from trainkeep.trainer.controller import Controller
 from trainkeep.trainer.failures import AttemptFailed
+from trainkeep.trainer.injection import driver_storage
 from trainkeep.trainer.setup import WorkerSetup
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ class DataParallelTrainer:
         # 2. Open the run: resume it if it exists, take its lock.
         with _without_manager_resume_line():
             manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
-                                        self.run_config.storage_filesystem)
+                                        self.run_config.storage_filesystem,
+                                        storage=driver_storage(run_url, self.run_config.storage_filesystem))
         # 3. Run attempts until one succeeds, the input is bad, or no retries are left.
         try:
             value = self._run_attempts(manager, spec)

@@ -1,0 +1,96 @@
+"""The system calls by which LocalStorage changes the disk, behind one object that a test can swap.
+
+Durability on a local disk is a matter of which calls happen in which order: a file's bytes survive a power
+loss only once the file is fsynced, a name (create, rename, link, unlink, mkdir) only once its directory is.
+Every such call of ``local.py`` and ``fastcopy.py`` goes through a :class:`Syscalls` object, so that
+``trainkeep.testing.FaultyStorage`` can record the exact sequence, kill the process before any one of them, or
+make one fail with a chosen errno, without a test hook in the code paths themselves. The default object is
+a direct call to ``os``: one method call of overhead per call (per 8 MiB chunk on copies), nothing more.
+Reads are not routed here: they cannot change what a crash leaves behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+CopyChunk = Callable[[int, int, int, int], int]
+
+
+class Syscalls:
+    """Direct ``os`` calls. Subclass and set ``LocalStorage.syscalls`` to observe or fail them.
+
+    Every method raises the ``OSError`` of the call it makes; the storage code above turns it into a
+    ``StorageError`` that names the path.
+    """
+
+    def create(self, path: str) -> int:
+        """Create the new file ``path`` (never an existing one) for writing; return its descriptor."""
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def open_append(self, path: str) -> int:
+        """Open ``path`` for appending, creating it when missing; return its descriptor."""
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        """Write ``data`` at the descriptor's offset; return how much was written (maybe less)."""
+        return os.write(fd, data)
+
+    def copy(self, method: CopyChunk, fd_in: int, fd_out: int, count: int, offset: int) -> int:
+        """Copy up to ``count`` bytes at ``offset`` from ``fd_in`` to the same offset of ``fd_out`` with
+        ``method`` (a kernel copy); return how many were copied (0 at the end of the source)."""
+        return method(fd_in, fd_out, count, offset)
+
+    def fsync(self, fd: int) -> None:
+        """Make the content of the open file ``fd`` durable."""
+        os.fsync(fd)
+
+    def fsync_file(self, path: str) -> None:
+        """Make the content of the file at ``path`` durable."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        """Make the entries of directory ``path`` (creations, renames, removals) durable."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        """Cut the open file ``fd`` back to ``size`` bytes."""
+        os.ftruncate(fd, size)
+
+    def truncate(self, path: str, size: int) -> None:
+        os.truncate(path, size)
+
+    def rename(self, src: str, dest: str) -> None:
+        """Rename ``src`` to ``dest``, atomically replacing ``dest`` when it exists."""
+        os.rename(src, dest)
+
+    def link(self, src: str, dest: str) -> None:
+        """Give the file ``src`` the new name ``dest`` (an existing ``dest`` is an error, never replaced)."""
+        os.link(src, dest)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def makedirs(self, path: str) -> None:
+        """Create directory ``path`` and its missing parents; an existing directory is fine."""
+        os.makedirs(path, exist_ok=True)
+
+    def rmtree(self, path: str, onerror: Callable[[Callable, str, Any], None]) -> None:
+        """Delete directory ``path`` and everything under it; ``onerror`` is shutil.rmtree's error hook."""
+        shutil.rmtree(path, onerror=onerror)
+
+
+SYSCALLS = Syscalls()
