@@ -135,9 +135,7 @@ def test_a_hundred_racing_starts_never_give_two_writers_at_once(tmp_path: Path) 
     assert all(verify_checkpoint(LocalStorage(), run, c.name) == [] for c in state.index.checkpoints)
     print(f"{RACERS} racing processes, {len(enters) + len(refusals)} starts: {len(enters)} held the run one after "
           f"another, {len(refusals)} were refused, {len(named)} of them naming the holder")
-    if len(named) < len(refusals):  # the one-writer promise held; only the error message lacked the holder
-        pytest.xfail(f"{len(refusals) - len(named)} of {len(refusals)} refusals named no holder: FlockLock takes the "
-                     "flock before it writes its record, and empties the record before it lets go (reported)")
+    assert len(named) == len(refusals), f"{len(refusals) - len(named)} of {len(refusals)} refusals named no holder"
 
 
 # ---------------------------------------------------------------------------------------------- readers

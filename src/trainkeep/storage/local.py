@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -204,20 +205,43 @@ def write_all(fd: int, data: bytes | memoryview, syscalls: Syscalls = SYSCALLS) 
 class FlockLock(RunLock):
     """An flock(2) on the run's lock file: the kernel releases it when the holder dies, even by SIGKILL."""
 
-    def __init__(self, path: str) -> None:
-        import fcntl
+    _RECORD_WAIT_S = 0.5  # how long a refused opener waits for the holder to write its record
 
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, path: str) -> None:
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = parse_holder(os.pread(self._fd, 4096, 0))
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError("open lock", path, exc) from exc
+        try:
+            self._acquire(path)
+        except BaseException:
             os.close(self._fd)
             self._fd = None
-            raise RunLockedError(os.path.dirname(os.path.dirname(path)), holder) from None
+            raise
         self.holder = holder_record()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, json.dumps(self.holder).encode(), 0)
+
+    def _acquire(self, path: str) -> None:
+        """Take the flock, or raise RunLockedError naming the holder.
+
+        A holder writes its record just after it takes the flock and empties it just before it lets go, so a
+        refused opener that reads an empty record tries again for a moment: either the record appears, or the
+        flock comes free.
+        """
+        import fcntl
+
+        assert self._fd is not None
+        deadline = time.monotonic() + self._RECORD_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                holder = parse_holder(os.pread(self._fd, 4096, 0))
+                if holder or time.monotonic() > deadline:
+                    raise RunLockedError(os.path.dirname(os.path.dirname(path)), holder) from None
+                time.sleep(0.002)
 
     def release(self) -> None:
         if self._fd is not None:
