@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from trainkeep.config import CheckpointConfig
 
@@ -45,6 +46,16 @@ def resolve_timing(frequency: int | None, checkpoint_at_end: bool | None) -> Tim
     if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 0:
         raise ValueError(f"frequency must be an integer >= 0, got {frequency!r}")
     return Timing(frequency, True if checkpoint_at_end is None else bool(checkpoint_at_end))
+
+
+def select_metrics(flat: dict[str, Any], wanted: list[str] | dict[str, str] | None) -> dict[str, Any]:
+    """Return the metrics to report: all of ``flat`` (None), the named ones (a list), or renamed ones (a dict
+    of report name to metric name). Names that are absent are left out."""
+    if wanted is None:
+        return flat
+    if isinstance(wanted, dict):
+        return {key: flat[name] for key, name in wanted.items() if name in flat}
+    return {name: flat[name] for name in wanted if name in flat}
 
 
 def run_checkpoint_config() -> CheckpointConfig:

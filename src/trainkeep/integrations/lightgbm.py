@@ -13,7 +13,7 @@ import tempfile
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.integrations._common import require, resolve_timing
+from trainkeep.integrations._common import require, resolve_timing, select_metrics
 
 lgb = require("lightgbm", "lightgbm")
 
@@ -54,11 +54,7 @@ class RayTrainReportCallback:
 
     def _select(self, results: list[tuple]) -> dict[str, Any]:
         flat = {f"{item[0]}-{item[1]}": float(item[2]) for item in results}
-        if self._metrics is None:
-            return flat
-        if isinstance(self._metrics, dict):
-            return {key: flat[name] for key, name in self._metrics.items() if name in flat}
-        return {name: flat[name] for name in self._metrics if name in flat}
+        return select_metrics(flat, self._metrics)
 
     def __call__(self, env: Any) -> None:
         from trainkeep import session

@@ -12,7 +12,7 @@ import tempfile
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.integrations._common import require, resolve_timing
+from trainkeep.integrations._common import require, resolve_timing, select_metrics
 
 xgb = require("xgboost", "xgboost", "xgboost-cpu")
 
@@ -57,11 +57,7 @@ class RayTrainReportCallback(xgb.callback.TrainingCallback):  # type: ignore[nam
             for metric_name, values in per_metric.items():
                 value = values[-1]
                 flat[f"{data_name}-{metric_name}"] = float(value[0] if isinstance(value, tuple) else value)
-        if self._metrics is None:
-            return flat
-        if isinstance(self._metrics, dict):
-            return {key: flat[name] for key, name in self._metrics.items() if name in flat}
-        return {name: flat[name] for name in self._metrics if name in flat}
+        return select_metrics(flat, self._metrics)
 
     def _report(self, model: Any, metrics: dict[str, Any], with_checkpoint: bool) -> None:
         from trainkeep import session
