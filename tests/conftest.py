@@ -6,9 +6,11 @@ unique across ``tests/``. Helpers live here as fixtures, never as imports from t
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,22 @@ def snapshot() -> Callable[[str], dict[str, tuple]]:
         return entries
 
     return take
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """Start a real moto S3 server on 127.0.0.1 (a free port) once per test process; yield its URL."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -3,7 +3,7 @@
 * ``local``: the local disk (LocalStorage), under pytest's tmp_path.
 * ``memory``: fsspec's in-memory filesystem (FsspecStorage), under a unique root removed after the test.
 * ``s3``: a real moto S3 server on 127.0.0.1 (a free port), started once per test process by
-  ``moto_endpoint``, with a fresh bucket per test; s3fs is used with its listings cache on, as users run it.
+  ``moto_endpoint`` (tests/conftest.py), with a fresh bucket per test; s3fs is used with its listings cache on, as users run it.
 
 Every test in this directory that takes ``backend`` runs three times, once per store. Tests that need a second
 process to see the store (SIGKILL tests) skip ``memory``, which lives inside one process.
@@ -12,7 +12,6 @@ process to see the store (SIGKILL tests) skip ``memory``, which lives inside one
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import socket
 import subprocess
@@ -37,22 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """Start a moto S3 server on 127.0.0.1 for this test process; yield its URL."""
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

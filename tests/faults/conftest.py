@@ -1,6 +1,6 @@
 """Fixtures of the fault tests: scratch directories on tmpfs, the storages under test, a child-process runner.
 
-The S3 server is the conformance suite's (tests/conformance/conftest.py): a moto server on 127.0.0.1 started
+The S3 server is the shared one (``moto_endpoint`` in tests/conftest.py): a moto server on 127.0.0.1 started
 once per test process. The children that crash against it are forked from this process; they share one
 botocore session made here, so that a child's S3 client costs milliseconds instead of half a second.
 """
@@ -29,7 +29,6 @@ _spec = importlib.util.spec_from_file_location(
 assert _spec is not None and _spec.loader is not None
 _conformance = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(_conformance)
-moto_endpoint = _conformance.moto_endpoint  # the session-scoped moto server fixture, reused as it is
 FAST_RETRY = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05)
 
 

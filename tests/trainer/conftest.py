@@ -47,30 +47,12 @@ def list_checkpoint_dirs() -> Callable[[str], list[str]]:
     return checkpoint_dirs
 
 
-@pytest.fixture(scope="session")
-def trainer_moto_endpoint() -> Any:
-    """Start a real moto S3 server on 127.0.0.1 (a free port) for this test process; yield its URL."""
-    pytest.importorskip("s3fs")
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3_fs(trainer_moto_endpoint: str, tmp_path: Path) -> Any:
+def s3_fs(moto_endpoint: str, tmp_path: Path) -> Any:
     """Return an s3fs filesystem on the moto server, with a fresh bucket named after the test."""
     import s3fs
 
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=trainer_moto_endpoint,
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=moto_endpoint,
                            client_kwargs={"region_name": "us-east-1"}, skip_instance_cache=True)
     bucket = f"trainer-{uuid.uuid4().hex[:12]}"
     fs.call_s3("create_bucket", Bucket=bucket)
