@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -66,3 +68,31 @@ def run_checkpoint_config() -> CheckpointConfig:
         return session.get_context().get_checkpoint_config()
     except Exception:  # outside a run the callbacks still work, with the defaults
         return CheckpointConfig()
+
+
+class ModelReporter:
+    """What the boosting callbacks share: which metrics to report, the model's file name, the schedule, and a
+    report that carries rank 0's saved model when a checkpoint is due.
+
+    ``model`` is anything with ``save_model(path)`` (an XGBoost or LightGBM Booster).
+    """
+
+    def __init__(self, metrics: list[str] | dict[str, str] | str | None, filename: str,
+                 frequency: int | None, checkpoint_at_end: bool | None) -> None:
+        self._metrics = [metrics] if isinstance(metrics, str) else metrics
+        self._filename = filename
+        self._timing = resolve_timing(frequency, checkpoint_at_end)
+
+    def _report(self, model: Any, metrics: dict[str, Any], with_checkpoint: bool) -> None:
+        from trainkeep import session
+        from trainkeep.checkpoint import Checkpoint
+
+        if not with_checkpoint:
+            session.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if session.get_context().get_world_rank() == 0:
+                model.save_model(os.path.join(d, self._filename))
+                checkpoint = Checkpoint.from_directory(d)
+            session.report(metrics, checkpoint=checkpoint)

@@ -9,18 +9,17 @@ writes the model; the other ranks report None.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.integrations._common import require, resolve_timing, select_metrics
+from trainkeep.integrations._common import ModelReporter, require, select_metrics
 
 lgb = require("lightgbm", "lightgbm")
 
 MODEL_FILENAME = "model.txt"
 
 
-class RayTrainReportCallback:
+class RayTrainReportCallback(ModelReporter):
     """Report the evaluation metrics after every boosting round, with a checkpoint when one is due.
 
     Pass an instance in ``lightgbm.train(..., callbacks=[RayTrainReportCallback()])``.
@@ -42,9 +41,7 @@ class RayTrainReportCallback:
         frequency: int | None = None,
         checkpoint_at_end: bool | None = None,
     ) -> None:
-        self._metrics = [metrics] if isinstance(metrics, str) else metrics
-        self._filename = filename
-        self._timing = resolve_timing(frequency, checkpoint_at_end)
+        super().__init__(metrics, filename, frequency, checkpoint_at_end)
 
     @classmethod
     def get_model(cls, checkpoint: Checkpoint, filename: str = MODEL_FILENAME) -> Any:
@@ -57,20 +54,10 @@ class RayTrainReportCallback:
         return select_metrics(flat, self._metrics)
 
     def __call__(self, env: Any) -> None:
-        from trainkeep import session
-
         completed = env.iteration + 1
         is_last = env.iteration == env.end_iteration - 1
         metrics = {"training_iteration": completed, **self._select(env.evaluation_result_list or [])}
-        if not (self._timing.is_due(completed) or (is_last and self._timing.at_end)):
-            session.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if session.get_context().get_world_rank() == 0:
-                env.model.save_model(os.path.join(d, self._filename))
-                checkpoint = Checkpoint.from_directory(d)
-            session.report(metrics, checkpoint=checkpoint)
+        self._report(env.model, metrics, self._timing.is_due(completed) or (is_last and self._timing.at_end))
 
 
 TrainkeepReportCallback = RayTrainReportCallback

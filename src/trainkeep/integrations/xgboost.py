@@ -8,18 +8,17 @@ true (None means true) unless it was just checkpointed. Rank 0 writes the model;
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.integrations._common import require, resolve_timing, select_metrics
+from trainkeep.integrations._common import ModelReporter, require, select_metrics
 
 xgb = require("xgboost", "xgboost", "xgboost-cpu")
 
 MODEL_FILENAME = "model.ubj"
 
 
-class RayTrainReportCallback(xgb.callback.TrainingCallback):  # type: ignore[name-defined, misc]
+class RayTrainReportCallback(ModelReporter, xgb.callback.TrainingCallback):  # type: ignore[name-defined, misc]
     """Report the evaluation metrics after every boosting round, with a checkpoint when one is due.
 
     Args:
@@ -37,9 +36,7 @@ class RayTrainReportCallback(xgb.callback.TrainingCallback):  # type: ignore[nam
         frequency: int | None = None,
         checkpoint_at_end: bool | None = None,
     ) -> None:
-        self._metrics = [metrics] if isinstance(metrics, str) else metrics
-        self._filename = filename
-        self._timing = resolve_timing(frequency, checkpoint_at_end)
+        super().__init__(metrics, filename, frequency, checkpoint_at_end)
         self._last_checkpointed: int | None = None
         self._last_metrics: dict[str, Any] = {}
 
@@ -58,19 +55,6 @@ class RayTrainReportCallback(xgb.callback.TrainingCallback):  # type: ignore[nam
                 value = values[-1]
                 flat[f"{data_name}-{metric_name}"] = float(value[0] if isinstance(value, tuple) else value)
         return select_metrics(flat, self._metrics)
-
-    def _report(self, model: Any, metrics: dict[str, Any], with_checkpoint: bool) -> None:
-        from trainkeep import session
-
-        if not with_checkpoint:
-            session.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if session.get_context().get_world_rank() == 0:
-                model.save_model(os.path.join(d, self._filename))
-                checkpoint = Checkpoint.from_directory(d)
-            session.report(metrics, checkpoint=checkpoint)
 
     def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
         completed = model.num_boosted_rounds()  # absolute, also when training continues a loaded model
