@@ -1,13 +1,21 @@
 """CheckpointManager: the engine. It commits checkpoints, records history, applies retention, and resumes.
 
+The manager orders the work; each protocol lives in one module:
+
+* opening a run (sweep debris, repair the history, finish interrupted deletes): :mod:`trainkeep.opening`;
+* the staged commit (intent record, directory, manifest as the commit point): :mod:`trainkeep.commit`;
+* the history rows and when they become durable: :mod:`trainkeep.history`;
+* what retention keeps (a pure decision): :mod:`trainkeep.retention`.
+
 Order of a checkpoint round (DESIGN §5), and what a crash at each point leaves:
 
 1. validate metrics, score and name                 -> nothing written
-2. write the intent record, create the directory     -> debris that the next open sweeps
+2. stage: write the intent record, create the dir    -> debris that the next open sweeps
 3. copy the files, fsync them and the directories    -> debris that the next open sweeps
 4. write the manifest atomically (the commit point)  -> the checkpoint exists
 5. append the history row, replace the run index     -> the next open repairs both from the manifest
-6. retention: index first, then manifests, then files -> orphans the next open finishes deleting
+6. drop the intent record                            -> the next open drops it
+7. retention: index first, then manifests, then files -> orphans the next open finishes deleting
 """
 
 from __future__ import annotations
@@ -20,28 +28,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
+from trainkeep.commit import StagedCheckpoint
 from trainkeep.config import CheckpointConfig
-from trainkeep.errors import (
-    CheckpointExistsError,
-    ConfigTypeError,
-    StorageError,
-    TrainkeepError,
-)
+from trainkeep.errors import CheckpointExistsError, ConfigTypeError, TrainkeepError
+from trainkeep.history import HistoryWriter
 from trainkeep.layout import (
-    HISTORY_NAME,
     INTERNAL_DIR,
     LOCK_NAME,
-    MANIFEST_NAME,
     RUN_INDEX_NAME,
-    TEMP_SUFFIX,
     default_checkpoint_name,
-    intent_name,
     validate_checkpoint_name,
 )
-from trainkeep.manifest import FileEntry, IndexEntry, Manifest, RunIndex, encode, history_line
+from trainkeep.manifest import FileEntry, IndexEntry, Manifest, encode
 from trainkeep.metrics import check_score, normalize_metrics
+from trainkeep.opening import delete_checkpoint, open_run, prepare_run_dir
 from trainkeep.retention import Decision, Record, best_checkpoints, decide
-from trainkeep.run import RunState, is_run, read_history, read_manifest, read_run, verify_checkpoint
+from trainkeep.run import RunState, read_history, read_manifest, verify_checkpoint
 from trainkeep.storage import Storage, list_source_files, resolve
 from trainkeep.storage.base import format_bytes
 
@@ -85,84 +87,22 @@ class CheckpointManager:
         self._mutex = threading.RLock()
         self._closed = False
         self._retiring_on_disk: set[str] = set()  # the `retiring` list as last written to the index
-        self._history_unsynced = False  # rows of metrics-only rounds appended since the last durable append
-        self._unwritten = b""  # rows of committed checkpoints whose append failed: they go with the next one
-        self._prepare_run_dir()
+        self._staging: dict[str, StagedCheckpoint] = {}  # staged, neither committed nor aborted yet
+        self._history = HistoryWriter(self.storage, self.path)
+        prepare_run_dir(self.storage, self.path)
         self._lock = self.storage.lock(self.storage.join(self.path, INTERNAL_DIR, LOCK_NAME))
         try:
-            self._state = self._open_state()
+            self._state = open_run(self.storage, self.path, self.config)
+            self._write_index(self._state)
         except BaseException:
             self._lock.release()
             raise
+        if self._state.index.checkpoints:
+            logger.info("resuming run %s: %d committed checkpoints, next report index %d",
+                        self.path, len(self._state.index.checkpoints), self._state.next_round)
         self._next_round = self._state.next_round
         self._state.history = []  # read back from storage on demand (see `history`): constant memory per round
         self._committed_names = {c.name for c in self._state.index.checkpoints}
-
-    # ------------------------------------------------------------------------------------------ opening
-
-    def _prepare_run_dir(self) -> None:
-        storage, path = self.storage, self.path
-        if storage.exists(path) and not storage.isdir(path):
-            raise StorageError("open run", path, FileExistsError(17, "the run path exists and is a file"))
-        storage.makedirs(storage.join(path, INTERNAL_DIR))
-
-    def _open_state(self) -> RunState:
-        """Load the run (or start a new one), finish interrupted deletes, sweep debris, repair history."""
-        storage, path = self.storage, self.path
-        if is_run(storage, path):
-            state = read_run(storage, path, self.config)
-        else:
-            state = RunState(path, _new_index(self.config), [], 0, 0, index_changed=True)
-        self._finish_retiring(state)
-        self._sweep(state)
-        self._repair_history(state)
-        state.index.checkpoint_config = self.config.to_dict()
-        state.index.status = "running"
-        state.index.next_round = state.next_round
-        self._write_index(state)
-        if state.index.checkpoints:
-            logger.info("resuming run %s: %d committed checkpoints, next report index %d",
-                        path, len(state.index.checkpoints), state.next_round)
-        return state
-
-    def _finish_retiring(self, state: RunState) -> None:
-        for name in list(state.index.retiring):
-            self._delete_checkpoint_files(name)
-        if state.index.retiring:
-            self.storage.sync_dir(self.path)  # the removals are durable before the index stops listing them
-        state.index.retiring = [n for n in state.index.retiring if self.storage.exists(self._dir(n))]
-
-    def _sweep(self, state: RunState) -> None:
-        """Delete our own debris: directories with an intent record and no manifest, and our temp files."""
-        storage, internal = self.storage, self.storage.join(self.path, INTERNAL_DIR)
-        committed = {c.name for c in state.index.checkpoints}
-        for entry in storage.listdir(internal):
-            if not (entry.startswith("intent-") and entry.endswith(".json")):
-                if entry.endswith(TEMP_SUFFIX):
-                    storage.delete_file(storage.join(internal, entry))
-                continue
-            name = entry[len("intent-") : -len(".json")]
-            has_manifest = storage.exists(storage.join(self._dir(name), MANIFEST_NAME))
-            if name not in committed and not has_manifest:
-                logger.info("sweeping %s: an interrupted report left it without a manifest", self._dir(name))
-                storage.delete_tree(self._dir(name))
-            storage.delete_file(storage.join(internal, entry))
-        for entry in storage.listdir(self.path):  # only temp files of our own files: a user's file stays
-            if entry.endswith(TEMP_SUFFIX) and entry.startswith((RUN_INDEX_NAME, HISTORY_NAME)):
-                storage.delete_file(storage.join(self.path, entry))
-
-    def _repair_history(self, state: RunState) -> None:
-        history_path = self.storage.join(self.path, HISTORY_NAME)
-        if state.history_valid_bytes < state.history_total_bytes:
-            logger.info("truncating a torn last line of %s", history_path)
-            self.storage.truncate(history_path, state.history_valid_bytes)
-        rounds = {row["round"] for row in state.history}
-        for entry in state.index.checkpoints:
-            if entry.round not in rounds:
-                row = history_line(entry.round, entry.time, entry.metrics, entry.name)
-                self.storage.append(history_path, row, durable=True)
-                state.history.append({"round": entry.round, "time": entry.time, "checkpoint": entry.name,
-                                      "metrics": entry.metrics})
 
     # ------------------------------------------------------------------------------------------ reporting
 
@@ -186,6 +126,7 @@ class CheckpointManager:
             fails, in which case nothing new is visible and nothing old was deleted.
         """
         with self._mutex:
+            # 1. validate metrics, score and name: nothing is written before this passes
             clean, name = self.validate_report(metrics, checkpoint, checkpoint_dir_name)
             if checkpoint is None:
                 self.record(clean)
@@ -193,18 +134,26 @@ class CheckpointManager:
             assert name is not None
             with checkpoint.as_directory() as src:
                 files = list_source_files(src)
-                dest = self.stage(name)
+                # 2. stage: intent record, then the directory
+                staged = self._stage_checked(name)
+                # 3. copy the files (fsynced by put_tree); a failure removes what was staged
                 try:
-                    entries = self.storage.put_tree(src, dest, files)
+                    entries = self.storage.put_tree(src, staged.path, files)
                 except BaseException:
-                    self.abort(name)
+                    staged.abort()
                     raise
-            return self.commit(name, clean, entries)
+            # 4.-7. the commit point, the index and history, retention
+            return staged.commit(clean, entries)
 
     def validate_report(
         self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None, checkpoint_dir_name: str | None
     ) -> tuple[dict[str, Any], str | None]:
-        """Check a report before anything is written; return the normalised metrics and the checkpoint name."""
+        """Check a report before anything is written; return the normalised metrics and the checkpoint name.
+
+        Raises:
+            InvalidMetricsError / ScoreTypeError for bad metrics, ConfigTypeError for a checkpoint that is not a
+            Checkpoint, InvalidCheckpointNameError / CheckpointExistsError for a bad or taken name.
+        """
         self._check_open()
         clean = normalize_metrics(metrics)
         check_score(clean, self.config.checkpoint_score_attribute)
@@ -219,13 +168,22 @@ class CheckpointManager:
         self._check_name_free(name)
         return clean, name
 
-    def _check_name_free(self, name: str) -> None:
+    def _check_name_free(self, name: str, existing_ok: bool = False) -> None:
+        """Refuse a name that is committed, being staged, or (unless ``existing_ok``) an existing path.
+
+        This is the one place the engine decides whether a checkpoint name may be staged.
+        """
         if name in self._committed_names:
             raise CheckpointExistsError(
                 f"checkpoint_dir_name {name!r} is already a committed checkpoint of run {self.path}; "
                 "checkpoints are never overwritten. Pick a unique name per report (e.g. include the epoch)."
             )
-        if self.storage.exists(self._dir(name)):
+        if name in self._staging:
+            raise CheckpointExistsError(
+                f"checkpoint_dir_name {name!r} is being staged by an unfinished report of run {self.path}; "
+                "two reports never share a directory. Pick a unique name per report (e.g. include the epoch)."
+            )
+        if not existing_ok and self.storage.exists(self._dir(name)):
             raise CheckpointExistsError(
                 f"{self._dir(name)} already exists and is not a checkpoint of this run; trainkeep will not "
                 "write into it. Move it away or pick another checkpoint_dir_name."
@@ -235,90 +193,92 @@ class CheckpointManager:
         """Record a metrics-only round (already validated). Not fsynced: durable with the next commit."""
         with self._mutex:
             self._check_open()
-            round_index = self._next_round
-            self._append_history(round_index, metrics, None, durable=False)
+            self._history.append(self._next_round, metrics, None, durable=False)
             self._next_round += 1
 
-    def stage(self, name: str) -> str:
-        """Write the intent record for checkpoint ``name`` and create its directory; return the directory."""
-        with self._mutex:
-            self._check_open()
-            if name in self._retiring_on_disk:
-                # The name of a checkpoint that retention deleted is reused: the index on storage must stop
-                # listing it as retiring before the new one commits, or the next open would delete the new one.
-                self._write_index(self._state)
-            intent = self.storage.join(self.path, INTERNAL_DIR, intent_name(name))
-            self.storage.write_atomic(intent, b'{"checkpoint": "%s"}\n' % name.encode())
-            dest = self._dir(name)
-            self.storage.makedirs(dest)
-            return dest
+    # ------------------------------------------------------------------------------------------ the staged commit
 
-    def abort(self, name: str) -> None:
-        """Remove the staged, uncommitted directory ``name`` and its intent (a failed or discarded round)."""
-        with self._mutex:
-            if name in self._committed_names:
-                return
-            try:
-                self.storage.delete_tree(self._dir(name))
-                self.storage.delete_file(self.storage.join(self.path, INTERNAL_DIR, intent_name(name)))
-            except OSError as exc:
-                logger.warning("could not remove the debris of %s (%s); the next open sweeps it", name, exc)
+    def stage(self, name: str, *, existing_ok: bool = False) -> StagedCheckpoint:
+        """Stage checkpoint ``name``: write its intent record and create its directory; return the handle.
 
-    def commit(self, name: str, metrics: dict[str, Any], files: list[FileEntry]) -> Checkpoint:
-        """Commit the staged checkpoint ``name`` whose ``files`` are all written, then apply retention.
+        Write the files into the handle's ``path``, then call its ``commit`` (or ``abort``). ``existing_ok``
+        lets files already written in place (a trainer's NO_UPLOAD ranks) be committed from the directory.
+        If the process dies before the commit, the next open sweeps the directory.
 
-        Steps: make the directory durable, write the manifest (the commit point), append the history row,
-        replace the index, drop the intent, run retention. A failure before the manifest removes the staged
-        directory (nothing new is visible); after it, the checkpoint stays committed and the error is raised.
+        Raises:
+            InvalidCheckpointNameError for a bad name; CheckpointExistsError when the name is committed, being
+            staged, or (unless ``existing_ok``) already exists; StorageError when storage fails.
         """
         with self._mutex:
             self._check_open()
-            storage, dest, round_index = self.storage, self._dir(name), self._next_round
-            manifest = self._publish(name, round_index, metrics, files)
+            validate_checkpoint_name(name)
+            self._check_name_free(name, existing_ok)
+            return self._stage_checked(name)
+
+    def _stage_checked(self, name: str) -> StagedCheckpoint:
+        if name in self._retiring_on_disk:
+            # The name of a checkpoint that retention deleted is reused: the index on storage must stop
+            # listing it as retiring before the new one commits, or the next open would delete the new one.
+            self._write_index(self._state)
+        staged = StagedCheckpoint(self, self.storage, self.path, name)
+        staged.begin()
+        self._staging[name] = staged
+        return staged
+
+    def abort(self, name: str) -> None:
+        """Abort the staged, uncommitted checkpoint ``name`` (see :meth:`StagedCheckpoint.abort`)."""
+        with self._mutex:
+            staged = self._staging.get(name)
+            if staged is not None:
+                staged.abort()
+
+    def commit(self, name: str, metrics: dict[str, Any], files: list[FileEntry]) -> Checkpoint:
+        """Commit the staged checkpoint ``name`` (see :meth:`StagedCheckpoint.commit`).
+
+        Raises:
+            TrainkeepError when ``name`` is not staged; what StagedCheckpoint.commit raises.
+        """
+        with self._mutex:
+            staged = self._staging.get(name)
+            if staged is None:
+                raise TrainkeepError(f"checkpoint {name!r} of run {self.path} is not staged; stage(name) first")
+            return staged.commit(metrics, files)
+
+    def _commit_staged(self, staged: StagedCheckpoint, metrics: dict[str, Any],
+                       files: list[FileEntry]) -> Checkpoint:
+        """Commit ``staged``: the manifest, then the index and history, the intent record, retention."""
+        with self._mutex:
+            self._check_open()
+            staged.check_staged("commit")
+            name, round_index = staged.name, self._next_round
+            # 1. the commit point: the files and earlier history rows durable, then the manifest
+            try:
+                manifest = staged.publish(round_index, metrics, files, self._history.flush_owed)
+            finally:
+                del self._staging[name]
+            # 2. the index lists it and the history has its row (the next open repairs both if we die here)
             self._committed_names.add(name)
             self._next_round += 1
             self._state.index.checkpoints.append(IndexEntry.from_manifest(manifest))
-            self._append_history(round_index, metrics, name, durable=True)
+            self._history.append(round_index, metrics, name, durable=True)
             self._write_index(self._state)
-            storage.delete_file(storage.join(self.path, INTERNAL_DIR, intent_name(name)))
+            # 3. the intent record goes, then 4. retention
+            staged.finish()
             self._apply_retention()
-            transfer = storage.pop_transfer(dest)
-            logger.log(logging.DEBUG if transfer and transfer.showed_progress else logging.INFO,
-                       "committed checkpoint %s of run %s: %s", name, self.path,
-                       transfer.describe() if transfer else format_bytes(manifest.size))
-            return Checkpoint(dest, storage.fs)
+            self._log_commit(staged, manifest)
+            return Checkpoint(staged.path, self.storage.fs)
 
-    def _publish(self, name: str, round_index: int, metrics: dict[str, Any], files: list[FileEntry]) -> Manifest:
-        """Make the staged files and earlier history rows durable, then write the manifest (the commit point).
+    def _abort_staged(self, staged: StagedCheckpoint) -> None:
+        with self._mutex:
+            if staged.state == "staged":
+                del self._staging[staged.name]
+                staged.remove()
 
-        On any failure the round is aborted (its directory and intent removed) and the error raised.
-        """
-        storage, dest = self.storage, self._dir(name)
-        try:
-            storage.sync_dir(dest)
-            storage.sync_dir(self.path)
-            if self._history_unsynced or self._unwritten:  # earlier rounds' rows must not be lost while
-                self._flush_history()  # this later one commits
-            manifest = Manifest(name, round_index, time.time(), metrics, tuple(sorted(files, key=lambda f: f.path)))
-            storage.write_atomic(storage.join(dest, MANIFEST_NAME), encode(manifest.to_dict()))
-        except BaseException:
-            self.abort(name)  # the round fails whole: nothing new becomes visible
-            raise
-        return manifest
-
-    def _append_history(self, round_index: int, metrics: dict[str, Any], name: str | None, durable: bool) -> None:
-        """Append a completed round's row. The row of a committed checkpoint whose append fails is kept and
-        written with the next append: retention may delete the checkpoint first, and its manifest with it."""
-        line = history_line(round_index, time.time(), metrics, name)
-        if name is not None:
-            self._unwritten, line = self._unwritten + line, b""
-        self.storage.append(self.storage.join(self.path, HISTORY_NAME), self._unwritten + line, durable=durable)
-        self._unwritten, self._history_unsynced = b"", not durable
-
-    def _flush_history(self) -> None:
-        """Make every row appended so far durable (with the rows a failed append owes, first)."""
-        self.storage.append(self.storage.join(self.path, HISTORY_NAME), self._unwritten, durable=True)
-        self._unwritten, self._history_unsynced = b"", False
+    def _log_commit(self, staged: StagedCheckpoint, manifest: Manifest) -> None:
+        transfer = self.storage.pop_transfer(staged.path)
+        logger.log(logging.DEBUG if transfer and transfer.showed_progress else logging.INFO,
+                   "committed checkpoint %s of run %s: %s", staged.name, self.path,
+                   transfer.describe() if transfer else format_bytes(manifest.size))
 
     # ------------------------------------------------------------------------------------------ retention
 
@@ -346,18 +306,10 @@ class CheckpointManager:
         for record in decision.delete:
             logger.debug("retention deletes %s: %s", record.name, decision.reasons[record.name])
             self._committed_names.discard(record.name)
-            self._delete_checkpoint_files(record.name)
+            delete_checkpoint(self.storage, self.path, record.name)
         self.storage.sync_dir(self.path)  # the removals are durable before the index stops listing them
         index.retiring = [n for n in index.retiring if self.storage.exists(self._dir(n))]
         return decision
-
-    def _delete_checkpoint_files(self, name: str) -> None:
-        try:
-            self.storage.delete_file(self.storage.join(self._dir(name), MANIFEST_NAME))
-            self.storage.sync_dir(self._dir(name)) if self.storage.exists(self._dir(name)) else None
-            self.storage.delete_tree(self._dir(name))
-        except OSError as exc:  # keep purging the others; the name stays in `retiring` and is retried on open
-            logger.warning("could not delete checkpoint %s of run %s (%s); will retry", name, self.path, exc)
 
     def records(self) -> list[Record]:
         """Return the committed checkpoints as retention records, in round order."""
@@ -399,7 +351,7 @@ class CheckpointManager:
         """
         with self._mutex:
             if not self._closed:
-                self._flush_history()
+                self._history.flush()
             return read_history(self.storage, self.path)
 
     def resume_checkpoint(self) -> Checkpoint | None:
@@ -444,7 +396,7 @@ class CheckpointManager:
                 self._state.index.status = status
                 self._write_index(self._state)
                 # flushes the rows buffered since the last commit (no-op on a local run without a history)
-                self._flush_history()
+                self._history.flush()
             finally:
                 self._closed = True
                 self._lock.release()
@@ -466,9 +418,4 @@ class CheckpointManager:
     def __repr__(self) -> str:
         return (f"CheckpointManager(path={self.path!r}, checkpoints={len(self._state.index.checkpoints)}, "
                 f"next_round={self._next_round})")
-
-
-def _new_index(config: CheckpointConfig) -> RunIndex:
-    now = time.time()
-    return RunIndex(config.to_dict(), created=now, updated=now)
 

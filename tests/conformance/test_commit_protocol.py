@@ -115,7 +115,7 @@ def test_sigkill_mid_report_leaves_the_checkpoint_whole_or_invisible(backend, po
 def test_sweep_deletes_only_our_own_debris(backend, source, make_files):
     with backend.manager() as manager:
         manager.report({"step": 0}, checkpoint=source("0"))
-        dest = manager.stage("checkpoint_000001")  # a report that never commits: our debris
+        dest = manager.stage("checkpoint_000001").path  # a report that never commits: our debris
         manager.storage.put_tree(make_files({"model.bin": b"half"}), dest, ["model.bin"])
         manager.storage.makedirs(f"{manager.path}/notes")  # the user's own files in the run directory
         manager.storage.write_atomic(f"{manager.path}/notes/readme.txt", b"mine")

@@ -235,7 +235,7 @@ def test_a_sigkilled_holder_is_named_and_then_taken_over(run_dir: str, make_sour
 def test_interrupted_report_debris_is_swept_but_foreign_files_stay(run_dir: str, make_source: MakeSource) -> None:
     with tk.CheckpointManager(run_dir) as manager:
         _report(manager, make_source, {"epoch": 0})
-        staged = manager.stage("checkpoint_000001")  # an interrupted report: intent + directory, no manifest
+        staged = manager.stage("checkpoint_000001").path  # an interrupted report: intent + directory, no manifest
         Path(staged, "half.bin").write_bytes(b"h" * 100)
     ours_tmp = Path(run_dir, f"{RUN_INDEX_NAME}.0badc0de.trainkeep_tmp")
     ours_tmp.write_bytes(b"{")

@@ -19,6 +19,7 @@ from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
 from trainkeep.layout import LOCK_NAME, default_checkpoint_name
 from trainkeep.manager import CheckpointManager
+from trainkeep.manifest import FileEntry
 from trainkeep.retention import Record, decide
 from trainkeep.storage import Storage, list_source_files
 from trainkeep.testing.faults import FaultyStorage, Op
@@ -132,23 +133,22 @@ class Cycle:
 
 def report_async(manager: CheckpointManager, storage: Storage, metrics: dict[str, Any], src: str) -> None:
     """Report ``src`` the way the trainer's ASYNC mode does: stage, hand the files over to a background
-    uploader that moves them (``delete_local_checkpoint_after_upload``'s default), then commit.
+    uploader that moves them (``delete_local_checkpoint_after_upload``'s default), then commit the staged
+    checkpoint: the same CheckpointManager.stage and StagedCheckpoint.commit calls as the trainer's controller.
 
     Raises what the upload or the commit raised; a failed upload leaves its staged directory to the sweep.
     """
     from trainkeep.trainer.uploader import AsyncUploader
 
-    clean, name = manager.validate_report(metrics, Checkpoint.from_directory(src), None)
-    assert name is not None
+    clean, _ = manager.validate_report(metrics, None, None)
+    staged = manager.stage(default_checkpoint_name(manager.next_round))
     files = list_source_files(src)
-    dest = manager.stage(name)
-    entries: list[Any] = []
-    failures: list[BaseException] = []
-    uploader = AsyncUploader(lambda job: entries.extend(storage.put_tree(src, dest, files, move=True)),
-                             failures.append)
-    uploader.submit(name)
+    entries: list[FileEntry] = []
+    uploader = AsyncUploader(lambda job: entries.extend(storage.put_tree(src, staged.path, files, move=True)),
+                             lambda exc: None)  # close() raises the upload's error
+    uploader.submit(staged.name)
     uploader.close()
-    manager.commit(name, clean, entries)
+    staged.commit(clean, entries)
 
 
 def write_files(scratch: str, name: str, files: Mapping[str, bytes]) -> str:

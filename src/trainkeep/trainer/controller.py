@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from trainkeep.config import CheckpointUploadMode
-from trainkeep.errors import CheckpointExistsError, ReportTimeoutError
+from trainkeep.errors import CheckpointExistsError, InvalidCheckpointNameError, ReportTimeoutError
 from trainkeep.layout import MANIFEST_NAME, is_reserved_file
 from trainkeep.manager import CheckpointManager
 from trainkeep.manifest import FileEntry
@@ -146,35 +146,28 @@ class Controller:
     def _try_stage(self, rnd: Round) -> None:
         """Stage the round's checkpoint directory (intent + mkdir) and tell the waiting uploaders where it is.
 
-        A directory that already exists is ours to use only when a NO_UPLOAD rank of this round wrote it; until
-        the round is complete that cannot be ruled out, so staging waits. If the driver dies after staging, the
-        directory is debris with an intent record, swept by the next open.
+        The manager decides whether the name may be staged. A directory that already exists is ours to use only
+        when a NO_UPLOAD rank of this round wrote it; until the round is complete that cannot be ruled out, so
+        staging waits (a committed name fails at once). If the driver dies after staging, the directory is
+        debris with an intent record, swept by the next open.
         """
-        if rnd.staged or rnd.name is None:
-            if rnd.staged:
-                self._send_destinations(rnd)
-            return
-        if rnd.name in self._committed:
-            self._fail(CheckpointExistsError(
-                f"checkpoint_dir_name {rnd.name!r} is already a committed checkpoint of run {self.manager.path}; "
-                "checkpoints are never overwritten. Pick a unique name per report (e.g. include the epoch)."),
-                False, rnd.name_rank)
-        path = self.manager.storage.join(self.manager.path, rnd.name)
-        if not rnd.no_upload and self.manager.storage.exists(path):
-            if rnd.is_complete(self.world_size):
-                self._fail(CheckpointExistsError(
-                    f"{path} already exists and is not a checkpoint of this run; trainkeep will not write into "
-                    "it. Move it away or pick another checkpoint_dir_name."), False, rnd.name_rank)
-            return
-        self.manager.stage(rnd.name)
-        rnd.staged = True
-        self._send_destinations(rnd)
+        if rnd.staged is None and rnd.name is not None:
+            try:
+                rnd.staged = self.manager.stage(rnd.name, existing_ok=rnd.no_upload)
+            except InvalidCheckpointNameError as exc:
+                self._fail(exc, False, rnd.name_rank)
+            except CheckpointExistsError as exc:
+                committed = any(record.name == rnd.name for record in self.manager.records())
+                if committed or rnd.is_complete(self.world_size):
+                    self._fail(exc, False, rnd.name_rank)
+                return
+        if rnd.staged is not None:
+            self._send_destinations(rnd)
 
     def _send_destinations(self, rnd: Round) -> None:
-        assert rnd.name is not None
-        path = self.manager.storage.join(self.manager.path, rnd.name)
+        assert rnd.staged is not None
         for rank in rnd.deferred:
-            self.group.send(rank, p.Dest(path))
+            self.group.send(rank, p.Dest(rnd.staged.path))
         rnd.deferred.clear()
 
     def _on_uploaded(self, rank: int, msg: p.Uploaded) -> None:
@@ -190,37 +183,30 @@ class Controller:
             self._next_k += 1
 
     def _finish(self, rnd: Round) -> None:
-        """Commit the round's checkpoint (or record its metrics), then release the ranks that wait for it.
+        """Commit the round's staged checkpoint (or record its metrics), then release the ranks that wait for it.
 
-        The manager's commit is the commit point (the manifest): if the driver dies before it, the round is
-        debris swept by the next open; after it, the checkpoint exists and the index and history are repaired
-        from its manifest if needed.
+        The staged checkpoint's commit is the commit point (the manifest): if the driver dies before it, the
+        round is debris swept by the next open; after it, the checkpoint exists and the index and history are
+        repaired from its manifest if needed.
         """
         metrics = rnd.metrics if rnd.metrics is not None else {}
         try:
             if rnd.name is None:
                 self.manager.record(metrics)
             else:
+                assert rnd.staged is not None  # a complete round with a name was staged, or the attempt failed
                 entries = rnd.entries + (self._scan_in_place(rnd) if rnd.no_upload else [])
-                self._latest = self.manager.commit(rnd.name, metrics, entries).path
-                self._note_commit(rnd.name)
+                self._latest = rnd.staged.commit(metrics, entries).path
         except Exception as exc:  # a storage error: the round fails whole, and the attempt with it
             self._fail(exc, True)
         for arrival in rnd.arrivals.values():
             if arrival.mode in _WAITS_FOR_COMMIT:
                 self.group.send(arrival.rank, p.Done(self._latest))
 
-    def _note_commit(self, name: str) -> None:
-        """Keep the set of committed names exact in O(kept): retention deletes only when num_to_keep is set."""
-        if self.manager.config.num_to_keep is None:
-            self._committed.add(name)
-        else:
-            self._committed = {record.name for record in self.manager.records()}
-
     def _scan_in_place(self, rnd: Round) -> list[FileEntry]:
-        """Checksum the files a NO_UPLOAD rank left in the checkpoint directory (those nobody uploaded)."""
-        storage = self.manager.storage
-        root = storage.join(self.manager.path, rnd.name or "")
+        """Checksum the files a NO_UPLOAD rank left in the staged directory (those nobody uploaded)."""
+        assert rnd.staged is not None
+        storage, root = self.manager.storage, rnd.staged.path
         uploaded = {e.path for e in rnd.entries}
         entries = []
         for rel in iter_files(storage, root):

@@ -10,11 +10,14 @@ only a name must pass that same name. A round without any checkpoint ignores nam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkeep.errors import TrainkeepError
 from trainkeep.layout import default_checkpoint_name
 from trainkeep.manifest import FileEntry
+
+if TYPE_CHECKING:
+    from trainkeep.commit import StagedCheckpoint
 
 
 class InconsistentReportError(TrainkeepError, ValueError):
@@ -43,7 +46,7 @@ class Round:
     metrics: dict[str, Any] | None = None
     name: str | None = None
     name_rank: int = -1
-    staged: bool = False
+    staged: StagedCheckpoint | None = None  # set once the round's directory is staged
     uploads: set[int] = field(default_factory=set)
     entries: list[FileEntry] = field(default_factory=list)
     deferred: list[int] = field(default_factory=list)
