@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, Protocol
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.errors import TrainkeepError
+from trainkeep.errors import CheckpointExistsError, TrainkeepError
 from trainkeep.layout import INTERNAL_DIR, MANIFEST_NAME, intent_name
 from trainkeep.manifest import FileEntry, Manifest, encode
 from trainkeep.storage import Storage
@@ -31,6 +31,33 @@ from trainkeep.storage import Storage
 logger = logging.getLogger(__name__)
 
 STAGED, COMMITTED, ABORTED = "staged", "committed", "aborted"
+
+
+def check_name_free(storage: Storage, run_path: str, name: str, committed: Container[str],
+                    staging: Container[str], existing_ok: bool = False) -> None:
+    """Refuse a checkpoint name that is ``committed``, in ``staging``, or (unless ``existing_ok``) a path in the run.
+
+    The one place that decides whether a (valid) checkpoint name may be staged in the run at ``run_path``.
+
+    Raises:
+        CheckpointExistsError naming the name, the run and what to do instead.
+    """
+    if name in committed:
+        raise CheckpointExistsError(
+            f"checkpoint_dir_name {name!r} is already a committed checkpoint of run {run_path}; "
+            "checkpoints are never overwritten. Pick a unique name per report (e.g. include the epoch)."
+        )
+    if name in staging:
+        raise CheckpointExistsError(
+            f"checkpoint_dir_name {name!r} is being staged by an unfinished report of run {run_path}; "
+            "two reports never share a directory. Pick a unique name per report (e.g. include the epoch)."
+        )
+    path = storage.join(run_path, name)
+    if not existing_ok and storage.exists(path):
+        raise CheckpointExistsError(
+            f"{path} already exists and is not a checkpoint of this run; trainkeep will not "
+            "write into it. Move it away or pick another checkpoint_dir_name."
+        )
 
 
 class CommitOwner(Protocol):

@@ -1,13 +1,8 @@
 """CheckpointManager: the engine. It commits checkpoints, records history, applies retention, and resumes.
 
-The manager orders the work; each protocol lives in one module:
-
-* opening a run (sweep debris, repair the history, finish interrupted deletes): :mod:`trainkeep.opening`;
-* the staged commit (intent record, directory, manifest as the commit point): :mod:`trainkeep.commit`;
-* the history rows and when they become durable: :mod:`trainkeep.history`;
-* what retention keeps (a pure decision): :mod:`trainkeep.retention`.
-
-Order of a checkpoint round (DESIGN §5), and what a crash at each point leaves:
+The manager orders the work; each protocol lives in one module: opening a run in :mod:`trainkeep.opening`, the
+staged commit in :mod:`trainkeep.commit`, the history rows in :mod:`trainkeep.history`, what retention keeps in
+:mod:`trainkeep.retention`. Order of a checkpoint round (DESIGN §5), and what a crash at each point leaves:
 
 1. validate metrics, score and name                 -> nothing written
 2. stage: write the intent record, create the dir    -> debris that the next open sweeps
@@ -28,9 +23,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.commit import StagedCheckpoint
+from trainkeep.commit import StagedCheckpoint, check_name_free
 from trainkeep.config import CheckpointConfig
-from trainkeep.errors import CheckpointExistsError, ConfigTypeError, TrainkeepError
+from trainkeep.errors import ConfigTypeError, TrainkeepError
 from trainkeep.history import HistoryWriter
 from trainkeep.layout import (
     INTERNAL_DIR,
@@ -42,15 +37,16 @@ from trainkeep.layout import (
 from trainkeep.manifest import FileEntry, IndexEntry, Manifest, encode
 from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.opening import delete_checkpoint, open_run, prepare_run_dir
-from trainkeep.retention import Decision, Record, best_checkpoints, decide
-from trainkeep.run import RunState, read_history, read_manifest, verify_checkpoint
+from trainkeep.retention import Decision, decide
+from trainkeep.run import RunState, read_history, verify_checkpoint
 from trainkeep.storage import Storage, list_source_files, resolve
 from trainkeep.storage.base import format_bytes
+from trainkeep.views import RunViews
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointManager:
+class CheckpointManager(RunViews):
     """Persist, keep and resume the checkpoints of one run, in any training loop.
 
     Opening a path that holds a run resumes it: its committed checkpoints, report index and history continue,
@@ -165,29 +161,8 @@ class CheckpointManager:
         if checkpoint is None:
             return clean, None
         name = checkpoint_dir_name or default_checkpoint_name(self._next_round)
-        self._check_name_free(name)
+        check_name_free(self.storage, self.path, name, self._committed_names, self._staging)
         return clean, name
-
-    def _check_name_free(self, name: str, existing_ok: bool = False) -> None:
-        """Refuse a name that is committed, being staged, or (unless ``existing_ok``) an existing path.
-
-        This is the one place the engine decides whether a checkpoint name may be staged.
-        """
-        if name in self._committed_names:
-            raise CheckpointExistsError(
-                f"checkpoint_dir_name {name!r} is already a committed checkpoint of run {self.path}; "
-                "checkpoints are never overwritten. Pick a unique name per report (e.g. include the epoch)."
-            )
-        if name in self._staging:
-            raise CheckpointExistsError(
-                f"checkpoint_dir_name {name!r} is being staged by an unfinished report of run {self.path}; "
-                "two reports never share a directory. Pick a unique name per report (e.g. include the epoch)."
-            )
-        if not existing_ok and self.storage.exists(self._dir(name)):
-            raise CheckpointExistsError(
-                f"{self._dir(name)} already exists and is not a checkpoint of this run; trainkeep will not "
-                "write into it. Move it away or pick another checkpoint_dir_name."
-            )
 
     def record(self, metrics: dict[str, Any]) -> None:
         """Record a metrics-only round (already validated). Not fsynced: durable with the next commit."""
@@ -212,7 +187,7 @@ class CheckpointManager:
         with self._mutex:
             self._check_open()
             validate_checkpoint_name(name)
-            self._check_name_free(name, existing_ok)
+            check_name_free(self.storage, self.path, name, self._committed_names, self._staging, existing_ok)
             return self._stage_checked(name)
 
     def _stage_checked(self, name: str) -> StagedCheckpoint:
@@ -311,36 +286,7 @@ class CheckpointManager:
         index.retiring = [n for n in index.retiring if self.storage.exists(self._dir(n))]
         return decision
 
-    def records(self) -> list[Record]:
-        """Return the committed checkpoints as retention records, in round order."""
-        return [Record(c.name, c.round, c.metrics) for c in self._state.index.checkpoints]
-
-    def retention_decision(self) -> Decision:
-        """Return what retention keeps now, with a reason per checkpoint (nothing is deleted)."""
-        return decide(self.records(), self.config, self.protected)
-
     # ------------------------------------------------------------------------------------------ views
-
-    @property
-    def next_round(self) -> int:
-        """The index of the next report round (metrics-only rounds count)."""
-        return self._next_round
-
-    @property
-    def checkpoints(self) -> list[tuple[Checkpoint, dict[str, Any]]]:
-        """Every committed checkpoint still on storage, in report order, with its round's metrics."""
-        return [(self._checkpoint(c.name), c.metrics) for c in self._state.index.checkpoints]
-
-    @property
-    def latest_checkpoint(self) -> Checkpoint | None:
-        """The newest committed checkpoint, or None."""
-        entries = self._state.index.checkpoints
-        return self._checkpoint(entries[-1].name) if entries else None
-
-    @property
-    def best_checkpoints(self) -> list[tuple[Checkpoint, dict[str, Any]]]:
-        """The top ``num_to_keep`` checkpoints (all when None) as (Checkpoint, metrics), best last."""
-        return [(self._checkpoint(r.name), dict(r.metrics)) for r in best_checkpoints(self.records(), self.config)]
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -363,16 +309,6 @@ class CheckpointManager:
             logger.warning("checkpoint %s does not verify (%s); falling back to an older one",
                            entry.name, "; ".join(str(p) for p in problems[:3]))
         return None
-
-    def manifest(self, name: str) -> Manifest:
-        """Return the manifest of committed checkpoint ``name``."""
-        return read_manifest(self.storage, self.path, name)
-
-    def _checkpoint(self, name: str) -> Checkpoint:
-        return Checkpoint(self._dir(name), self.storage.fs)
-
-    def _dir(self, name: str) -> str:
-        return self.storage.join(self.path, name)
 
     # ------------------------------------------------------------------------------------------ closing
 

@@ -20,6 +20,7 @@ import soak_loop
 
 import trainkeep as tk
 from trainkeep import manager as manager_module
+from trainkeep import opening as opening_module
 from trainkeep.retention import Decision, decide
 
 
@@ -48,7 +49,7 @@ def _resume_the_oldest() -> None:
 
 
 def _skip_the_sweep() -> None:
-    manager_module.CheckpointManager._sweep = lambda self, state: None  # type: ignore[method-assign]
+    opening_module.sweep = lambda storage, path, state: None  # type: ignore[assignment]
 
 
 MUTANTS: dict[str, Callable[[], None]] = {
