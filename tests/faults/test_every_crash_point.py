@@ -20,6 +20,8 @@ Scenarios: the first checkpoint of a run, and one that makes retention delete (n
 checkpoint present); SYNC (CheckpointManager.report) everywhere, and ASYNC (the trainer's path: the files
 handed over to a background uploader, moved, then committed) on the local disk and in memory. Last, a real
 DataParallelTrainer's ASYNC uploads, killed (driver and worker) at every operation of the worker in turn.
+Then pinned points a cycle cannot reach: a child process dies at one named step (a reused checkpoint name, the
+index's ``retiring`` list inside retention).
 """
 
 from __future__ import annotations
@@ -27,14 +29,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import trainkeep as tk
 from trainkeep.config import CheckpointConfig
-from trainkeep.layout import MANIFEST_NAME
+from trainkeep.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME
+from trainkeep.run import verify_checkpoint
 from trainkeep.storage import LocalStorage, Storage
 from trainkeep.storage.local import write_all
 from trainkeep.testing import CrashPointReport, Cycle, Expectation, check_crash_points, check_run
@@ -169,3 +177,103 @@ def test_every_crash_point_of_a_trainer_worker_s_async_uploads(tmp_path, monkeyp
         tried.append(k)
     print(f"crash points covered: {len(tried)} of {n} worker operations of a trainer's ASYNC uploads")
     assert tried == list(range(1, n + 1))
+
+
+# ---------------------------------------------------------------------------------------------- pinned points
+# A real child process dies (``os._exit``) at one named step of the commit or retention protocol, where the
+# cycle above cannot go: a name reused after retention deleted its checkpoint (within one open of the run), and
+# the exact state of the index's ``retiring`` list at a death inside retention.
+
+DIED = 77
+
+_CHILD = textwrap.dedent("""
+    import json, os, sys, tempfile
+    import trainkeep as tk
+    from trainkeep.storage import LocalStorage
+
+    run_dir, plan = sys.argv[1], json.loads(sys.argv[2])
+    seen = {}
+
+    class DyingStorage(LocalStorage):
+        # Dies before the operation `plan["die"]` once `plan["after"]` has happened `plan["after_n"]` times.
+        def _step(self, op, path):
+            key = op + ":" + os.path.basename(path)
+            if key == plan["die"] and seen.get(plan["after"], 0) >= plan["after_n"]:
+                os._exit(plan["exit_code"])
+            seen[key] = seen.get(key, 0) + 1
+
+        def write_atomic(self, path, data):
+            self._step("write", path)
+            super().write_atomic(path, data)
+
+        def delete_file(self, path):
+            self._step("delete_file", path)
+            super().delete_file(path)
+
+        def delete_tree(self, path):
+            self._step("delete_tree", path)
+            super().delete_tree(path)
+
+    config = tk.CheckpointConfig(**plan["config"])
+    manager = tk.CheckpointManager(run_dir, config, storage=DyingStorage())
+    for report in plan["reports"]:
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "model.bin"), "wb") as f:
+                f.write(json.dumps(report["metrics"]).encode() * 100)
+            manager.report(report["metrics"], tk.Checkpoint.from_directory(d), report.get("name"))
+    manager.close()
+""")
+
+
+def _run_child(run_dir: str, reports: list[dict[str, Any]], die: str, after: str = "", after_n: int = 0,
+               config: dict[str, Any] | None = None) -> int:
+    plan = {"reports": reports, "die": die, "after": after, "after_n": after_n, "config": config or {},
+            "exit_code": DIED}
+    done = subprocess.run([sys.executable, "-c", _CHILD, run_dir, json.dumps(plan)], timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode in (0, DIED), done.stderr
+    return done.returncode
+
+
+def _assert_consistent(run_dir: str, manager: tk.CheckpointManager) -> list[str]:
+    """Check index == valid manifests on storage, no debris, every kept checkpoint verifies; return the names."""
+    names = [Path(c.path).name for c, _ in manager.checkpoints]
+    present = sorted(n for n in os.listdir(run_dir) if Path(run_dir, n).is_dir() and n != INTERNAL_DIR)
+    assert present == sorted(names), "a directory without a valid manifest survived the reopen"
+    assert os.listdir(Path(run_dir, INTERNAL_DIR)) == ["lock"]
+    for name in names:
+        assert verify_checkpoint(LocalStorage(), run_dir, name) == []
+    rounds = [json.loads(line)["round"] for line in Path(run_dir, HISTORY_NAME).read_bytes().splitlines()]
+    assert rounds == list(range(manager.next_round))
+    return names
+
+
+def _reports(*names: str | None) -> list[dict[str, Any]]:
+    return [{"metrics": {"epoch": i, "loss": 10.0 - i}, "name": name} for i, name in enumerate(names)]
+
+
+@pytest.mark.parametrize("die", [f"delete_file:{MANIFEST_NAME}", "delete_tree:checkpoint_000000"])
+def test_death_inside_retention_finishes_the_delete_on_reopen(run_dir: str, die: str) -> None:
+    code = _run_child(run_dir, _reports(None, None), die=die, config={"num_to_keep": 1})
+    assert code == DIED
+    index = json.loads(Path(run_dir, RUN_INDEX_NAME).read_text())
+    assert index["retiring"] == ["checkpoint_000000"]  # the index let go of it before any file was deleted
+    assert [e["name"] for e in index["checkpoints"]] == ["checkpoint_000001"]
+    with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=1)) as manager:
+        assert _assert_consistent(run_dir, manager) == ["checkpoint_000001"]
+    assert json.loads(Path(run_dir, RUN_INDEX_NAME).read_text())["retiring"] == []
+
+
+def test_a_reused_name_of_a_deleted_checkpoint_survives_a_crash_before_the_index(run_dir: str) -> None:
+    # "a" is committed, deleted by retention (the index lists it as retiring), then committed again under the
+    # same name; the process dies right after the new manifest. The new "a" must not be taken for the old one.
+    code = _run_child(run_dir, _reports("a", "b", "a"), die=f"write:{RUN_INDEX_NAME}",
+                      after=f"write:{MANIFEST_NAME}", after_n=3, config={"num_to_keep": 1})
+    assert code == DIED
+    assert Path(run_dir, "a", MANIFEST_NAME).is_file()
+    with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=1)) as manager:
+        names = _assert_consistent(run_dir, manager)
+        assert names == ["b", "a"]
+        assert manager.checkpoints[-1][1] == {"epoch": 2, "loss": 8.0}
+        resume = manager.resume_checkpoint()
+        assert resume is not None and Path(resume.path).name == "a"
