@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.commit import StagedCheckpoint, check_name_free
+from trainkeep.commit import STAGED, StagedCheckpoint, check_name_free
 from trainkeep.config import CheckpointConfig
 from trainkeep.errors import ConfigTypeError, TrainkeepError
 from trainkeep.history import HistoryWriter
@@ -245,7 +245,7 @@ class CheckpointManager(RunViews):
 
     def _abort_staged(self, staged: StagedCheckpoint) -> None:
         with self._mutex:
-            if staged.state == "staged":
+            if staged.state == STAGED:
                 del self._staging[staged.name]
                 staged.remove()
 
