@@ -21,6 +21,7 @@ from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
+from trainkeep.corruption import records_of
 from trainkeep.errors import (
     CheckpointExistsError,
     ConfigTypeError,
@@ -40,8 +41,17 @@ from trainkeep.layout import (
 )
 from trainkeep.manifest import FileEntry, IndexEntry, Manifest, RunIndex, encode, history_line
 from trainkeep.metrics import check_score, normalize_metrics
-from trainkeep.retention import Decision, Record, best_checkpoints, decide
-from trainkeep.run import RunState, is_run, read_history, read_manifest, read_run, verify_checkpoint
+from trainkeep.retention import Decision, Record, best_checkpoints
+from trainkeep.run import (
+    RunState,
+    choose_resume,
+    decide_retention,
+    is_run,
+    note_config_change,
+    read_history,
+    read_manifest,
+    read_run,
+)
 from trainkeep.storage import Storage, list_source_files, resolve
 from trainkeep.storage.base import format_bytes
 
@@ -116,7 +126,7 @@ class CheckpointManager:
         self._finish_retiring(state)
         self._sweep(state)
         self._repair_history(state)
-        state.index.checkpoint_config = self.config.to_dict()
+        note_config_change(storage, path, state, self.config)  # warns, and records a change, before any deletion
         state.index.status = "running"
         state.index.next_round = state.next_round
         self._write_index(state)
@@ -322,21 +332,24 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------------------------------ retention
 
-    def prune(self, config: CheckpointConfig, dry_run: bool = False) -> Decision:
+    def prune(self, config: CheckpointConfig, dry_run: bool = False, *, corrupt: bool = False) -> Decision:
         """Apply retention under ``config`` now (e.g. a smaller ``num_to_keep`` after the fact).
 
-        The run's own config is not changed. With ``dry_run`` nothing is deleted. Returns the decision.
+        The run's own config is not changed. With ``dry_run`` nothing is deleted. With ``corrupt`` exactly the
+        checkpoints marked corrupt are deleted (nothing else ever deletes them). Returns the decision.
         """
         with self._mutex:
             self._check_open()
             if dry_run:
-                return decide(self.records(), config, self.protected)
-            return self._apply_retention(config)
+                return decide_retention(self.storage, self.path, self._state.index, config, self.protected,
+                                        corrupt_only=corrupt)
+            return self._apply_retention(config, corrupt_only=corrupt)
 
-    def _apply_retention(self, config: CheckpointConfig | None = None) -> Decision:
+    def _apply_retention(self, config: CheckpointConfig | None = None, *, corrupt_only: bool = False) -> Decision:
         """Delete what retention decides: the index first, then each manifest, then each directory's files."""
         index = self._state.index
-        decision = decide(self.records(), config or self.config, self.protected)
+        decision = decide_retention(self.storage, self.path, index, config or self.config, self.protected,
+                                    corrupt_only=corrupt_only)
         if not decision.delete:
             return decision
         doomed = {r.name for r in decision.delete}
@@ -361,11 +374,11 @@ class CheckpointManager:
 
     def records(self) -> list[Record]:
         """Return the committed checkpoints as retention records, in round order."""
-        return [Record(c.name, c.round, c.metrics) for c in self._state.index.checkpoints]
+        return records_of(self._state.index)
 
     def retention_decision(self) -> Decision:
         """Return what retention keeps now, with a reason per checkpoint (nothing is deleted)."""
-        return decide(self.records(), self.config, self.protected)
+        return decide_retention(self.storage, self.path, self._state.index, self.config, self.protected)
 
     # ------------------------------------------------------------------------------------------ views
 
@@ -403,14 +416,13 @@ class CheckpointManager:
             return read_history(self.storage, self.path)
 
     def resume_checkpoint(self) -> Checkpoint | None:
-        """Return the newest committed checkpoint whose files verify; skip corrupt ones with a warning."""
-        for entry in reversed(self._state.index.checkpoints):
-            problems = verify_checkpoint(self.storage, self.path, entry.name)
-            if not problems:
-                return self._checkpoint(entry.name)
-            logger.warning("checkpoint %s does not verify (%s); falling back to an older one",
-                           entry.name, "; ".join(str(p) for p in problems[:3]))
-        return None
+        """Return the newest committed checkpoint whose files verify; skip corrupt ones with a warning and mark
+        them corrupt in the run index (see ``trainkeep.run.choose_resume``, which also says what it raises)."""
+        with self._mutex:
+            name, marked = choose_resume(self.storage, self.path, self._state.index)
+            if marked and not self._closed:
+                self._write_index(self._state)
+            return self._checkpoint(name) if name is not None else None
 
     def manifest(self, name: str) -> Manifest:
         """Return the manifest of committed checkpoint ``name``."""

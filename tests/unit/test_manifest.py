@@ -11,6 +11,7 @@ import pytest
 
 import trainkeep as tk
 from trainkeep.manifest import (
+    RUN_INDEX_VERSION,
     SCHEMA_VERSION,
     FileEntry,
     IndexEntry,
@@ -154,15 +155,15 @@ def test_truncated_files_are_corrupt_at_every_cut(parse: Any, document: dict[str
             parse(raw[:cut], PATH)
 
 
-@pytest.mark.parametrize(("parse", "document"), [(parse_manifest, _manifest().to_dict()),
-                                                 (parse_run_index, _index().to_dict())])
-def test_future_version_is_incompatible_not_corrupt(parse: Any, document: dict[str, Any]) -> None:
-    future = {**document, "version": SCHEMA_VERSION + 1, "trainkeep_version": "9.0.0", "new_field": [1]}
+@pytest.mark.parametrize(("parse", "document", "newest"), [(parse_manifest, _manifest().to_dict(), SCHEMA_VERSION),
+                                                           (parse_run_index, _index().to_dict(), RUN_INDEX_VERSION)])
+def test_future_version_is_incompatible_not_corrupt(parse: Any, document: dict[str, Any], newest: int) -> None:
+    future = {**document, "version": newest + 1, "trainkeep_version": "9.0.0", "new_field": [1]}
     with pytest.raises(tk.IncompatibleRunError) as exc:
         parse(_raw(future), PATH)
     assert not isinstance(exc.value, tk.CorruptRunError)
     message = str(exc.value)
-    assert "9.0.0" in message and f"version {SCHEMA_VERSION + 1}" in message and "Upgrade" in message
+    assert "9.0.0" in message and f"version {newest + 1}" in message and "Upgrade" in message
 
 
 def test_history_keeps_the_valid_prefix_and_the_last_copy_of_a_round() -> None:
