@@ -76,13 +76,17 @@ def clear_mark(storage: Storage, run_path: str, name: str) -> None:
         pass
 
 
-def set_corrupt(index: RunIndex, name: str, reason: str) -> bool:
-    """Mark the index entry ``name`` corrupt with ``reason`` (in memory); return True when it changed."""
+def set_corrupt(index: RunIndex, name: str, reason: str, *, announce: bool = True) -> bool:
+    """Mark the index entry ``name`` corrupt with ``reason`` (in memory); return True when it changed.
+
+    ``announce`` logs a warning (a new finding); a mark read back from its marker file is logged at debug level.
+    """
     for i, entry in enumerate(index.checkpoints):
         if entry.name == name and entry.corrupt is None:
             index.checkpoints[i] = dataclasses.replace(entry, corrupt=reason)
-            logger.warning("checkpoint %s is marked corrupt (%s): it is never deleted automatically; "
-                           "`trainkeep prune RUN --corrupt` deletes it", name, reason)
+            logger.log(logging.WARNING if announce else logging.DEBUG,
+                       "checkpoint %s is marked corrupt (%s): it is never deleted automatically; "
+                       "`trainkeep prune RUN --corrupt` deletes it", name, reason)
             return True
     return False
 
@@ -135,7 +139,7 @@ def apply_marks(index: RunIndex, marks: dict[str, Mark]) -> bool:
     for entry in list(index.checkpoints):
         mark = marks.get(entry.name)
         if mark is not None and entry.corrupt is None and mark.condemns(entry):
-            changed = set_corrupt(index, entry.name, mark.reason) or changed
+            changed = set_corrupt(index, entry.name, mark.reason, announce=False) or changed
     return changed
 
 

@@ -122,7 +122,11 @@ def _print_verify(rows: list[dict[str, Any]]) -> None:
             results.add_row(row["checkpoint"], human_size(row["size"]), problem["kind"].upper(), problem["path"],
                             problem["reason"])
     bad = sum(1 for row in rows if not row["ok"])
+    marked = sum(1 for row in rows if row["marked_corrupt"])
     summary = f"{len(rows) - bad} of {plural(len(rows), 'checkpoint')} verified" + (f"; {bad} corrupt" if bad else "")
+    if marked:
+        summary += (f"; {marked} marked corrupt: retention never deletes them, `trainkeep prune RUN --corrupt` "
+                    "does")
     render(results, summary)
 
 
