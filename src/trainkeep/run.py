@@ -205,12 +205,12 @@ def _check_entry(
         logger.warning("checkpoint %s of run %s is in the index but has no manifest; dropping it from the "
                        "index (its files, if any, are left alone)", entry.name, run_path)
         return None
-    except (CorruptRunError, IncompatibleRunError) as exc:
-        reason = f"manifest: {getattr(exc, 'reason', exc)}"
+    except CorruptRunError as exc:
+        reason = f"manifest: {exc.reason}"
         problems.append(f"checkpoint {entry.name} has a damaged manifest ({reason})")
         return entry if entry.corrupt is not None else IndexEntry(entry.name, entry.round, entry.time, entry.size,
                                                                    entry.metrics, reason)
-    except OSError as exc:  # unreadable now, maybe not later: keep the entry as it is, let verify report it
+    except (IncompatibleRunError, OSError) as exc:  # newer, or unreadable now: keep it as it is, verify reports it
         problems.append(f"checkpoint {entry.name}: its manifest cannot be read ({exc})")
         logger.warning("cannot read the manifest of checkpoint %s of run %s (%s)", entry.name, run_path, exc)
         return entry
