@@ -37,8 +37,8 @@ from trainkeep.layout import (
 from trainkeep.manifest import FileEntry, IndexEntry, Manifest, encode
 from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.opening import delete_checkpoint, open_run, prepare_run_dir
-from trainkeep.retention import Decision, decide
-from trainkeep.run import RunState, read_history, verify_checkpoint
+from trainkeep.retention import Decision
+from trainkeep.run import RunState, choose_resume, decide_retention, read_history
 from trainkeep.storage import Storage, list_source_files, resolve
 from trainkeep.storage.base import format_bytes
 from trainkeep.views import RunViews
@@ -257,21 +257,24 @@ class CheckpointManager(RunViews):
 
     # ------------------------------------------------------------------------------------------ retention
 
-    def prune(self, config: CheckpointConfig, dry_run: bool = False) -> Decision:
+    def prune(self, config: CheckpointConfig, dry_run: bool = False, *, corrupt: bool = False) -> Decision:
         """Apply retention under ``config`` now (e.g. a smaller ``num_to_keep`` after the fact).
 
-        The run's own config is not changed. With ``dry_run`` nothing is deleted. Returns the decision.
+        The run's own config is not changed. With ``dry_run`` nothing is deleted. With ``corrupt`` exactly the
+        checkpoints marked corrupt are deleted (nothing else ever deletes them). Returns the decision.
         """
         with self._mutex:
             self._check_open()
             if dry_run:
-                return decide(self.records(), config, self.protected)
-            return self._apply_retention(config)
+                return decide_retention(self.storage, self.path, self._state.index, config, self.protected,
+                                        corrupt_only=corrupt)
+            return self._apply_retention(config, corrupt_only=corrupt)
 
-    def _apply_retention(self, config: CheckpointConfig | None = None) -> Decision:
+    def _apply_retention(self, config: CheckpointConfig | None = None, *, corrupt_only: bool = False) -> Decision:
         """Delete what retention decides: the index first, then each manifest, then each directory's files."""
         index = self._state.index
-        decision = decide(self.records(), config or self.config, self.protected)
+        decision = decide_retention(self.storage, self.path, index, config or self.config, self.protected,
+                                    corrupt_only=corrupt_only)
         if not decision.delete:
             return decision
         doomed = {r.name for r in decision.delete}
@@ -301,14 +304,13 @@ class CheckpointManager(RunViews):
             return read_history(self.storage, self.path)
 
     def resume_checkpoint(self) -> Checkpoint | None:
-        """Return the newest committed checkpoint whose files verify; skip corrupt ones with a warning."""
-        for entry in reversed(self._state.index.checkpoints):
-            problems = verify_checkpoint(self.storage, self.path, entry.name)
-            if not problems:
-                return self._checkpoint(entry.name)
-            logger.warning("checkpoint %s does not verify (%s); falling back to an older one",
-                           entry.name, "; ".join(str(p) for p in problems[:3]))
-        return None
+        """Return the newest committed checkpoint whose files verify; skip corrupt ones with a warning and mark
+        them corrupt in the run index (see ``trainkeep.run.choose_resume``, which also says what it raises)."""
+        with self._mutex:
+            name, marked = choose_resume(self.storage, self.path, self._state.index)
+            if marked and not self._closed:
+                self._write_index(self._state)
+            return self._checkpoint(name) if name is not None else None
 
     # ------------------------------------------------------------------------------------------ closing
 

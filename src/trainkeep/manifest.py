@@ -20,8 +20,16 @@ from trainkeep.layout import validate_checkpoint_name, validate_relative_path
 MANIFEST_SCHEMA = "trainkeep.manifest"
 RUN_INDEX_SCHEMA = "trainkeep.run"
 SCHEMA_VERSION = 1
+# The run index's version 2 adds the optional per-entry field "corrupt". An index is written as version 2 only
+# while an entry carries that mark, so older trainkeep versions (which read version 1 and would drop the mark,
+# then let retention delete the checkpoint) refuse such a run instead; every other run stays version 1.
+RUN_INDEX_VERSION = 2
 CHECKSUM_ALGORITHM = "xxh3_128"
 RUN_STATUSES = ("running", "finished", "failed")
+CONFIG_CHANGE_KIND = "config_change"  # the "kind" of a history row that records a change of CheckpointConfig
+_INDEX_FIELDS = frozenset({"schema", "version", "trainkeep_version", "status", "created", "updated", "next_round",
+                           "checkpoint_config", "checkpoints", "retiring"})
+_ENTRY_FIELDS = frozenset({"name", "round", "time", "size", "metrics", "corrupt"})
 
 
 @dataclass(frozen=True)
@@ -67,17 +75,27 @@ class Manifest:
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """A committed checkpoint as listed in the run index."""
+    """A committed checkpoint as listed in the run index; ``corrupt`` is why it failed verification, if it did."""
 
     name: str
     round: int
     time: float
     size: int
     metrics: dict[str, Any]
+    corrupt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "round": self.round, "time": self.time, "size": self.size,
-                "metrics": self.metrics}
+        document = {"name": self.name, "round": self.round, "time": self.time, "size": self.size,
+                    "metrics": self.metrics}
+        if self.corrupt is not None:
+            document["corrupt"] = self.corrupt
+        return document
+
+    def agrees_with(self, manifest: Manifest) -> bool:
+        """Return True when this entry says what ``manifest`` says (name, round, time, size, metrics)."""
+        return (self.name, self.round, self.time, self.size) == (manifest.name, manifest.round, manifest.time,
+                                                                 manifest.size) and _same_json(self.metrics,
+                                                                                               manifest.metrics)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> IndexEntry:
@@ -98,9 +116,10 @@ class RunIndex:
     writer_version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:
+        marked = any(c.corrupt is not None for c in self.checkpoints)
         return {
             "schema": RUN_INDEX_SCHEMA,
-            "version": SCHEMA_VERSION,
+            "version": RUN_INDEX_VERSION if marked else SCHEMA_VERSION,
             "trainkeep_version": self.writer_version,
             "status": self.status,
             "created": self.created,
@@ -117,11 +136,18 @@ def encode(document: dict[str, Any]) -> bytes:
     return (json.dumps(document, indent=1, allow_nan=True) + "\n").encode()
 
 
-def _load(raw: bytes, path: str, schema: str) -> dict[str, Any]:
+def _same_json(a: Any, b: Any) -> bool:
+    """Return True when ``a`` and ``b`` encode to the same JSON (so NaN equals NaN)."""
+    return bool(json.dumps(a, sort_keys=True, allow_nan=True) == json.dumps(b, sort_keys=True, allow_nan=True))
+
+
+def _load(raw: bytes, path: str, schema: str, max_version: int = SCHEMA_VERSION) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptRunError(path, f"not valid JSON ({exc})") from None
+    except RecursionError:  # e.g. 100,000 nested "[": the stdlib parser recurses once per level
+        raise CorruptRunError(path, "not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise CorruptRunError(path, f"expected a JSON object, got {type(data).__name__}")
     if data.get("schema") != schema:
@@ -129,10 +155,10 @@ def _load(raw: bytes, path: str, schema: str) -> dict[str, Any]:
     version = data.get("version")
     if not _is_int(version):
         raise CorruptRunError(path, f"'version' must be an integer, got {version!r}")
-    if version > SCHEMA_VERSION:
+    if version > max_version:
         raise IncompatibleRunError(
             f"{path} was written by trainkeep {data.get('trainkeep_version', '?')} with format version "
-            f"{version}; this trainkeep ({__version__}) reads versions up to {SCHEMA_VERSION}. Upgrade trainkeep."
+            f"{version}; this trainkeep ({__version__}) reads versions up to {max_version}. Upgrade trainkeep."
         )
     return data
 
@@ -200,39 +226,84 @@ def parse_manifest(raw: bytes, path: str) -> Manifest:
 
 
 def parse_run_index(raw: bytes, path: str) -> RunIndex:
-    """Parse and validate a run index file's bytes.
+    """Parse and validate a run index file's bytes; anything not exactly valid is refused.
+
+    Refused (so that the caller rebuilds the index from the manifests): unknown fields, fields of the wrong type,
+    a checkpoint listed twice (by name or by round), and JSON nested too deeply to parse.
 
     Raises:
         CorruptRunError for anything malformed; IncompatibleRunError for a newer format version.
     """
-    data = _load(raw, path, RUN_INDEX_SCHEMA)
+    data = _load(raw, path, RUN_INDEX_SCHEMA, RUN_INDEX_VERSION)
+    _no_unknown_fields(data, _INDEX_FIELDS, "", path)
     config = _field(data, "checkpoint_config", lambda v: isinstance(v, dict), "an object", path)
     next_round = _field(data, "next_round", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path)
     status = _field(data, "status", lambda v: v in RUN_STATUSES, f"one of {RUN_STATUSES}", path)
     created = _field(data, "created", _is_time, "a number", path)
     updated = _field(data, "updated", _is_time, "a number", path)
+    writer = data.get("trainkeep_version", "?")
+    if not isinstance(writer, str):
+        raise CorruptRunError(path, f"field 'trainkeep_version' must be a string, got {writer!r}")
     entries_raw = _field(data, "checkpoints", lambda v: isinstance(v, list), "a list", path)
-    entries: list[IndexEntry] = []
-    for i, item in enumerate(entries_raw):
-        if not isinstance(item, dict):
-            raise CorruptRunError(path, f"checkpoints[{i}] must be an object")
-        entries.append(IndexEntry(
-            _name(_field(item, "name", lambda v: isinstance(v, str), "a string", path), path),
-            _field(item, "round", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path),
-            float(_field(item, "time", _is_time, "a number", path)),
-            _field(item, "size", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path),
-            _field(item, "metrics", lambda v: isinstance(v, dict), "an object", path),
-        ))
+    entries = [_index_entry(i, item, path) for i, item in enumerate(entries_raw)]
+    _no_duplicates(entries, path)
     retiring = data.get("retiring", [])
     if not isinstance(retiring, list):
         raise CorruptRunError(path, "field 'retiring' must be a list")
     return RunIndex(config, next_round, status, float(created), float(updated), entries,
-                    [_name(n, path) for n in retiring], str(data.get("trainkeep_version", "?")))
+                    [_name(n, path) for n in retiring], writer)
+
+
+def _index_entry(i: int, item: Any, path: str) -> IndexEntry:
+    if not isinstance(item, dict):
+        raise CorruptRunError(path, f"checkpoints[{i}] must be an object")
+    _no_unknown_fields(item, _ENTRY_FIELDS, f"checkpoints[{i}]: ", path)
+    corrupt = item.get("corrupt")
+    if corrupt is not None and not (isinstance(corrupt, str) and corrupt):
+        raise CorruptRunError(path, f"checkpoints[{i}]: field 'corrupt' must be a non-empty string, got {corrupt!r}")
+    return IndexEntry(
+        _name(_field(item, "name", lambda v: isinstance(v, str), "a string", path), path),
+        _field(item, "round", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path),
+        float(_field(item, "time", _is_time, "a number", path)),
+        _field(item, "size", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path),
+        _field(item, "metrics", lambda v: isinstance(v, dict), "an object", path),
+        corrupt,
+    )
+
+
+def _no_unknown_fields(data: dict[str, Any], known: frozenset[str], where: str, path: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise CorruptRunError(path, f"{where}unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def _no_duplicates(entries: list[IndexEntry], path: str) -> None:
+    names: set[str] = set()
+    rounds: set[int] = set()
+    for i, entry in enumerate(entries):
+        if entry.name in names:
+            raise CorruptRunError(path, f"checkpoints[{i}]: checkpoint {entry.name!r} is listed twice")
+        if entry.round in rounds:
+            raise CorruptRunError(path, f"checkpoints[{i}]: round {entry.round} is listed twice")
+        names.add(entry.name)
+        rounds.add(entry.round)
 
 
 def history_line(round_index: int, time_: float, metrics: dict[str, Any], checkpoint: str | None) -> bytes:
     """Encode one completed round as a line of ``history.jsonl``."""
     return (json.dumps({"round": round_index, "time": time_, "checkpoint": checkpoint, "metrics": metrics},
+                       separators=(",", ":"), allow_nan=True) + "\n").encode()
+
+
+def config_change_line(round_index: int, time_: float, old: dict[str, Any], new: dict[str, Any]) -> bytes:
+    """Encode a change of the run's CheckpointConfig, made before round ``round_index``, as a history line.
+
+    The row has a ``kind`` (``"config_change"``) that this trainkeep's history readers leave out of the rounds.
+    It also has ``round``/``metrics`` fields, so that an older trainkeep reads it as an empty report of the next
+    round (which that round's real row replaces) instead of stopping at it as at a torn line.
+    """
+    return (json.dumps({"round": round_index, "time": time_, "checkpoint": None, "metrics": {},
+                        "kind": CONFIG_CHANGE_KIND, "old_checkpoint_config": old, "new_checkpoint_config": new},
                        separators=(",", ":"), allow_nan=True) + "\n").encode()
 
 
@@ -242,26 +313,38 @@ def parse_history(raw: bytes, parts: Sequence[bytes] = ()) -> tuple[list[dict[st
 
     A torn last line (a crash while appending) ends the valid prefix; rows are sorted by round, and a round
     that appears twice keeps its last occurrence (``raw`` first, then ``parts`` in log order). Each part is a
-    whole object written at once (object stores); a line that does not parse ends that part.
+    whole object written at once (object stores); a line that does not parse ends that part. Rows of another
+    kind (config changes, see :func:`parse_history_events`) are valid lines but not rounds: they are left out.
     """
     rows: dict[int, dict[str, Any]] = {}
-    valid = _parse_history_lines(raw, rows)
+    valid = _parse_history_lines(raw, rows, [])
     for part in parts:
-        _parse_history_lines(part, rows)
+        _parse_history_lines(part, rows, [])
     return sorted(rows.values(), key=lambda r: r["round"]), valid
 
 
-def _parse_history_lines(raw: bytes, rows: dict[int, dict[str, Any]]) -> int:
+def parse_history_events(raw: bytes, parts: Sequence[bytes] = ()) -> list[dict[str, Any]]:
+    """Return the history rows that are not rounds (each with a ``kind``, e.g. config changes), in time order."""
+    events: list[dict[str, Any]] = []
+    for chunk in (raw, *parts):
+        _parse_history_lines(chunk, {}, events)
+    return sorted(events, key=lambda e: e["time"] if _is_time(e.get("time")) else 0.0)
+
+
+def _parse_history_lines(raw: bytes, rows: dict[int, dict[str, Any]], events: list[dict[str, Any]]) -> int:
     valid = 0
     for line in raw.splitlines(keepends=True):
         if not line.endswith(b"\n"):
             break
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             break
         if not (isinstance(row, dict) and _is_int(row.get("round")) and isinstance(row.get("metrics"), dict)):
             break
-        rows[row["round"]] = row
+        if row.get("kind") is None:
+            rows[row["round"]] = row
+        else:
+            events.append(row)
         valid += len(line)
     return valid

@@ -13,7 +13,7 @@ from trainkeep.config import CheckpointConfig
 from trainkeep.errors import StorageError
 from trainkeep.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME, TEMP_SUFFIX
 from trainkeep.manifest import RunIndex, history_line
-from trainkeep.run import RunState, is_run, read_run
+from trainkeep.run import RunState, is_run, note_config_change, read_run
 from trainkeep.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def open_run(storage: Storage, path: str, config: CheckpointConfig) -> RunState:
     finish_retiring(storage, path, state)
     sweep(storage, path, state)
     repair_history(storage, path, state)
-    state.index.checkpoint_config = config.to_dict()
+    note_config_change(storage, path, state, config)  # warns, and records a change, before any deletion
     state.index.status = "running"
     state.index.next_round = state.next_round
     return state

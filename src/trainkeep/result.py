@@ -11,9 +11,10 @@ import fsspec
 
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
+from trainkeep.corruption import records_of
 from trainkeep.errors import ConfigError
 from trainkeep.metrics import MISSING, flatten, is_real_number, lookup
-from trainkeep.retention import Record, best_checkpoints
+from trainkeep.retention import best_checkpoints
 from trainkeep.run import read_run
 from trainkeep.storage import resolve
 
@@ -52,10 +53,10 @@ class Result:
         storage, run_path = resolve(path, storage_filesystem)
         state = read_run(storage, run_path)
         config = CheckpointConfig.from_dict(state.index.checkpoint_config)
-        records = [Record(c.name, c.round, c.metrics) for c in state.index.checkpoints]
+        records = records_of(state.index)  # a checkpoint marked corrupt is neither ranked nor the latest
         best = [(Checkpoint(storage.join(run_path, r.name), storage.fs), dict(r.metrics))
                 for r in best_checkpoints(records, config)]
-        latest = records[-1] if records else None
+        latest = next((r for r in reversed(records) if not r.corrupt), None)
         return cls(
             metrics=dict(state.history[-1]["metrics"]) if state.history else None,
             checkpoint=Checkpoint(storage.join(run_path, latest.name), storage.fs) if latest else None,

@@ -7,6 +7,9 @@ The rules (DESIGN §4):
 * Ties, and everything without a score attribute, rank by recency: the older checkpoint is evicted first.
 * Kept: the top ``num_to_keep`` by rank (all when None), plus the latest committed checkpoint, plus any
   checkpoint a live worker was started from.
+* A checkpoint marked corrupt (it failed verification) takes no part: it is neither ranked nor the latest, and
+  retention never deletes it (DESIGN §5, invariant 5). Only :func:`decide_corrupt`, behind an explicit command
+  (``trainkeep prune RUN --corrupt``), deletes it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Record:
     name: str
     round: int
     metrics: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    corrupt: bool = field(default=False, compare=False)
 
 
 def rank_key(record: Record, config: CheckpointConfig) -> tuple:
@@ -40,16 +44,19 @@ def rank_key(record: Record, config: CheckpointConfig) -> tuple:
 
 
 def rank(records: Iterable[Record], config: CheckpointConfig) -> list[Record]:
-    """Return ``records`` ordered from worst to best."""
-    return sorted(records, key=lambda r: rank_key(r, config))
+    """Return ``records`` ordered from worst to best, leaving out those marked corrupt."""
+    return sorted((r for r in records if not r.corrupt), key=lambda r: rank_key(r, config))
 
 
 def best_checkpoints(records: Iterable[Record], config: CheckpointConfig) -> list[Record]:
-    """Return the top ``num_to_keep`` records (all when None), worst first and best last."""
+    """Return the top ``num_to_keep`` records (all when None), worst first and best last; never a corrupt one."""
     ranked = rank(records, config)
     if config.num_to_keep is None:
         return ranked
     return ranked[-config.num_to_keep :]
+
+
+CORRUPT_REASON = "corrupt: never deleted automatically (trainkeep prune RUN --corrupt deletes it)"
 
 
 @dataclass(frozen=True)
@@ -67,23 +74,28 @@ def decide(
     """Decide which of the committed ``records`` to keep and which to delete.
 
     ``protected`` names checkpoints that must survive whatever their rank (a live worker started from them).
-    The newest record (highest round) is always kept. Both outputs are in round order.
+    The newest record (highest round) that is not corrupt is always kept, and so is every corrupt one. Both
+    outputs are in round order.
     """
     if not records:
         return Decision((), (), {})
-    latest = max(records, key=lambda r: r.round)
-    top = best_checkpoints(records, config)
+    healthy = [r for r in records if not r.corrupt]
+    latest = max(healthy, key=lambda r: r.round).name if healthy else None
+    top = best_checkpoints(healthy, config)
     place = {r.name: len(top) - i for i, r in enumerate(top)}  # 1 = best
     by = _ranking_phrase(config)
     reasons: dict[str, str] = {}
     keep: list[Record] = []
     delete: list[Record] = []
     for record in sorted(records, key=lambda r: r.round):
-        if record.name in place:
+        if record.corrupt:
+            reasons[record.name] = CORRUPT_REASON
+            keep.append(record)
+        elif record.name in place:
             limit = "all kept" if config.num_to_keep is None else f"top {config.num_to_keep}"
             reasons[record.name] = f"#{place[record.name]} {by} ({limit})"
             keep.append(record)
-        elif record.name == latest.name:
+        elif record.name == latest:
             reasons[record.name] = f"latest (never deleted), outside the top {config.num_to_keep} {by}"
             keep.append(record)
         elif record.name in protected:
@@ -93,6 +105,13 @@ def decide(
             reasons[record.name] = f"outside the top {config.num_to_keep} {by}"
             delete.append(record)
     return Decision(tuple(keep), tuple(delete), reasons)
+
+
+def decide_corrupt(records: Collection[Record]) -> Decision:
+    """Decide to delete every record marked corrupt and to keep every other one (``trainkeep prune --corrupt``)."""
+    ordered = sorted(records, key=lambda r: r.round)
+    reasons = {r.name: "corrupt: deleted on request" if r.corrupt else "verifies: kept" for r in ordered}
+    return Decision(tuple(r for r in ordered if not r.corrupt), tuple(r for r in ordered if r.corrupt), reasons)
 
 
 def _ranking_phrase(config: CheckpointConfig) -> str:

@@ -10,9 +10,10 @@ from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
+from trainkeep.corruption import records_of
 from trainkeep.manifest import Manifest
-from trainkeep.retention import Decision, Record, best_checkpoints, decide
-from trainkeep.run import RunState, read_manifest
+from trainkeep.retention import Decision, Record, best_checkpoints
+from trainkeep.run import RunState, decide_retention, read_manifest
 from trainkeep.storage import Storage
 
 
@@ -28,11 +29,11 @@ class RunViews:
 
     def records(self) -> list[Record]:
         """Return the committed checkpoints as retention records, in round order."""
-        return [Record(c.name, c.round, c.metrics) for c in self._state.index.checkpoints]
+        return records_of(self._state.index)
 
     def retention_decision(self) -> Decision:
         """Return what retention keeps now, with a reason per checkpoint (nothing is deleted)."""
-        return decide(self.records(), self.config, self.protected)
+        return decide_retention(self.storage, self.path, self._state.index, self.config, self.protected)
 
     @property
     def next_round(self) -> int:

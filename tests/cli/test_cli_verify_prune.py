@@ -45,7 +45,7 @@ def test_verify_names_flipped_missing_and_vanished(scored_run) -> None:
     assert set(rows) == {flipped, missing, vanished} and not any(r["ok"] for r in rows.values())
     [bad] = rows[flipped]["problems"]
     assert bad["path"] == "model.bin" and "checksum" in bad["reason"]
-    assert rows[missing]["problems"] == [{"path": "sub/opt.bin", "reason": "file is missing"}]
+    assert rows[missing]["problems"] == [{"path": "sub/opt.bin", "reason": "file is missing", "kind": "corrupt"}]
     assert rows[vanished]["problems"][0]["reason"] == "manifest is missing"
 
     table = run_cli("verify", scored_run.path)

@@ -152,7 +152,8 @@ def test_a_damaged_run_index_is_rebuilt_from_the_manifests(run: Path, case: str,
     assert {row["checkpoint"] for row in rows if row["ok"]} == set(CHECKPOINTS)
     failed = {row["checkpoint"]: row["problems"] for row in rows if not row["ok"]}
     if case == "lists-a-vanished-checkpoint":  # what the index promised and storage lacks is reported
-        assert code == 1 and failed == {"checkpoint_000009": [{"path": MANIFEST_NAME, "reason": "manifest is missing"}]}
+        assert code == 1 and failed == {"checkpoint_000009": [{"path": MANIFEST_NAME, "reason": "manifest is missing",
+                                                                  "kind": "corrupt"}]}
     else:
         assert code == 0 and failed == {}
     with caplog.at_level(logging.WARNING, logger="trainkeep"):

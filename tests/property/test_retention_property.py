@@ -180,3 +180,22 @@ def test_oracle_sanity_against_hand_worked_examples() -> None:
     for order in ("max", "min"):
         assert oracle_best(nan_first, Config(1, "score", order)) == ["b"]
     assert oracle_decision(nan_first, Config(None, None, "max"), set()) == ({"a", "b", "c"}, set())
+
+
+@_replayable
+@given(scenarios(), st.sets(st.integers(0, 11), max_size=4))
+def test_corrupt_records_are_kept_and_the_rest_is_decided_as_if_they_were_not_there(
+        scenario: tuple, condemned: set[int]) -> None:
+    """DESIGN §5 invariant 5: a corrupt checkpoint takes no part in ranking and is never deleted by retention."""
+    records, config, protected = scenario
+    marked = [Record(r.name, r.round, r.metrics, corrupt=i in condemned) for i, r in enumerate(records)]
+    healthy = [r for r in marked if not r.corrupt]
+    decision = decide(marked, _engine_config(config), protected)
+    corrupt = {r.name for r in marked if r.corrupt}
+    assert corrupt <= {r.name for r in decision.keep}
+    if healthy:
+        kept, deleted = oracle_decision(healthy, config, protected)
+        assert {r.name for r in decision.keep} == kept | corrupt and {r.name for r in decision.delete} == deleted
+        assert [r.name for r in best_checkpoints(marked, _engine_config(config))] == oracle_best(healthy, config)
+    else:
+        assert decision.delete == ()

@@ -11,14 +11,18 @@ import pytest
 
 import trainkeep as tk
 from trainkeep.manifest import (
+    CONFIG_CHANGE_KIND,
+    RUN_INDEX_VERSION,
     SCHEMA_VERSION,
     FileEntry,
     IndexEntry,
     Manifest,
     RunIndex,
+    config_change_line,
     encode,
     history_line,
     parse_history,
+    parse_history_events,
     parse_manifest,
     parse_run_index,
 )
@@ -123,6 +127,12 @@ INDEX_DAMAGE = [
     (("checkpoints", 0, "metrics"), None, "field 'metrics' must be an object"),
     (("retiring",), "checkpoint_000000", "field 'retiring' must be a list"),
     (("retiring", 0), "../x", "bad checkpoint name"),
+    # issue 14, item 6: an index that is not exactly valid is refused (and then rebuilt from the manifests)
+    (("pinned",), ["checkpoint_000001"], "unknown field 'pinned'"),
+    (("checkpoints", 0, "keep"), True, "checkpoints[0]: unknown field 'keep'"),
+    (("trainkeep_version",), 1, "field 'trainkeep_version' must be a string"),
+    (("checkpoints", 0, "corrupt"), 1, "field 'corrupt' must be a non-empty string"),
+    (("checkpoints", 0, "corrupt"), "", "field 'corrupt' must be a non-empty string"),
 ]
 
 
@@ -132,6 +142,31 @@ def test_damaged_run_index_is_a_corrupt_run_error(where: tuple, value: Any, reas
     with pytest.raises(tk.CorruptRunError) as exc:
         parse_run_index(raw, "/runs/exp/trainkeep_run.json")
     assert reason in exc.value.reason
+
+
+def test_an_index_listing_a_checkpoint_or_a_round_twice_is_corrupt() -> None:
+    entry = _index().to_dict()["checkpoints"][0]
+    for twin, reason in ((entry, "'checkpoint_000001' is listed twice"),
+                         ({**entry, "name": "checkpoint_000009"}, "round 1 is listed twice")):
+        document = _index().to_dict()
+        document["checkpoints"].append(twin)
+        with pytest.raises(tk.CorruptRunError, match=reason):
+            parse_run_index(_raw(document), PATH)
+
+
+def test_a_corrupt_mark_round_trips_and_only_then_is_the_index_version_2() -> None:
+    index = _index()
+    assert index.to_dict()["version"] == SCHEMA_VERSION == 1  # older trainkeep versions keep reading it
+    index.checkpoints[0] = IndexEntry(**{**vars(index.checkpoints[0]), "corrupt": "model.pt: checksum is x"})
+    document = index.to_dict()
+    assert document["version"] == RUN_INDEX_VERSION == 2
+    assert parse_run_index(encode(document), PATH).checkpoints[0].corrupt == "model.pt: checksum is x"
+
+
+@pytest.mark.parametrize("parse", [parse_manifest, parse_run_index])
+def test_json_nested_too_deeply_is_corrupt_not_a_recursion_error(parse: Any) -> None:
+    with pytest.raises(tk.CorruptRunError, match="nested too deeply"):
+        parse(b"[" * 100_000 + b"]" * 100_000, PATH)
 
 
 @pytest.mark.parametrize("parse", [parse_manifest, parse_run_index])
@@ -154,15 +189,15 @@ def test_truncated_files_are_corrupt_at_every_cut(parse: Any, document: dict[str
             parse(raw[:cut], PATH)
 
 
-@pytest.mark.parametrize(("parse", "document"), [(parse_manifest, _manifest().to_dict()),
-                                                 (parse_run_index, _index().to_dict())])
-def test_future_version_is_incompatible_not_corrupt(parse: Any, document: dict[str, Any]) -> None:
-    future = {**document, "version": SCHEMA_VERSION + 1, "trainkeep_version": "9.0.0", "new_field": [1]}
+@pytest.mark.parametrize(("parse", "document", "newest"), [(parse_manifest, _manifest().to_dict(), SCHEMA_VERSION),
+                                                           (parse_run_index, _index().to_dict(), RUN_INDEX_VERSION)])
+def test_future_version_is_incompatible_not_corrupt(parse: Any, document: dict[str, Any], newest: int) -> None:
+    future = {**document, "version": newest + 1, "trainkeep_version": "9.0.0", "new_field": [1]}
     with pytest.raises(tk.IncompatibleRunError) as exc:
         parse(_raw(future), PATH)
     assert not isinstance(exc.value, tk.CorruptRunError)
     message = str(exc.value)
-    assert "9.0.0" in message and f"version {SCHEMA_VERSION + 1}" in message and "Upgrade" in message
+    assert "9.0.0" in message and f"version {newest + 1}" in message and "Upgrade" in message
 
 
 def test_history_keeps_the_valid_prefix_and_the_last_copy_of_a_round() -> None:
@@ -182,3 +217,15 @@ def test_history_stops_at_the_first_bad_line(tail: bytes) -> None:
     good = history_line(0, 1.0, {}, None)
     rows, valid = parse_history(good + tail + history_line(3, 1.0, {}, None))
     assert valid == len(good) and [r["round"] for r in rows] == [0]
+
+
+def test_config_change_rows_are_valid_lines_but_not_rounds() -> None:
+    old, new = tk.CheckpointConfig().to_dict(), tk.CheckpointConfig(num_to_keep=1).to_dict()
+    raw = (history_line(0, 1.0, {"loss": 3.0}, None) + config_change_line(1, 2.0, old, new)
+           + history_line(1, 3.0, {"loss": 2.0}, "checkpoint_000001"))
+    rows, valid = parse_history(raw)
+    assert valid == len(raw) and [(r["round"], r["metrics"]) for r in rows] == [(0, {"loss": 3.0}),
+                                                                                (1, {"loss": 2.0})]
+    events = parse_history_events(raw)
+    assert [(e["kind"], e["round"], e["old_checkpoint_config"], e["new_checkpoint_config"]) for e in events] == [
+        (CONFIG_CHANGE_KIND, 1, old, new)]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 import trainkeep as tk
-from trainkeep.retention import Record, best_checkpoints, decide, rank
+from trainkeep.retention import Record, best_checkpoints, decide, decide_corrupt, rank
 
 
 def _records(*scores: object, attribute: str = "score") -> list[Record]:
@@ -98,3 +98,23 @@ def test_decision_lists_are_in_round_order_regardless_of_input_order() -> None:
     decision = decide(records, tk.CheckpointConfig(2, "score", "max"))
     assert [r.round for r in decision.keep] == [0, 2, 4]
     assert [r.round for r in decision.delete] == [1, 3]
+
+
+def test_a_corrupt_record_is_never_deleted_never_ranked_and_never_the_latest() -> None:
+    records = _records(9, 1, 7, 2)
+    records[0] = Record("ckpt_0", 0, {"score": 9}, corrupt=True)  # the best score
+    records[3] = Record("ckpt_3", 3, {"score": 2}, corrupt=True)  # the newest
+    config = tk.CheckpointConfig(1, "score", "max")
+    decision = decide(records, config)
+    assert _names(decision.keep) == ["ckpt_0", "ckpt_2", "ckpt_3"] and _names(decision.delete) == ["ckpt_1"]
+    assert decision.reasons["ckpt_0"].startswith("corrupt: never deleted automatically")
+    assert decision.reasons["ckpt_2"].startswith("#1 by score")  # the newest healthy one, and the best of them
+    assert _names(best_checkpoints(records, config)) == ["ckpt_2"]
+    assert _names(rank(records, config)) == ["ckpt_1", "ckpt_2"]
+
+
+def test_decide_corrupt_deletes_exactly_the_corrupt_records() -> None:
+    records = [Record("a", 0, corrupt=True), Record("b", 1), Record("c", 2, corrupt=True)]
+    decision = decide_corrupt(records)
+    assert _names(decision.delete) == ["a", "c"] and _names(decision.keep) == ["b"]
+    assert decide_corrupt(records[1:2]).delete == ()

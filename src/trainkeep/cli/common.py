@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainkeep.config import CheckpointConfig
+from trainkeep.corruption import records_of
 from trainkeep.errors import ConfigError, ConfigTypeError, CorruptRunError, RunLockedError
 from trainkeep.layout import INTERNAL_DIR, LOCK_NAME, RUN_INDEX_NAME
 from trainkeep.manifest import parse_run_index
@@ -67,8 +68,8 @@ class RunView:
         return display_path(self.storage, self.path)
 
     def records(self) -> list[Record]:
-        """Return the committed checkpoints as retention records, in round order."""
-        return [Record(c.name, c.round, c.metrics) for c in self.state.index.checkpoints]
+        """Return the committed checkpoints as retention records (with their corrupt marks), in round order."""
+        return records_of(self.state.index)
 
     def checkpoint_url(self, name: str) -> str:
         return display_path(self.storage, self.storage.join(self.path, name))

@@ -106,23 +106,29 @@ def checkpoint_roles(view: RunView) -> dict[str, tuple[str, str]]:
     """Return each committed checkpoint's role and retention reason, as the run's own retention sees them.
 
     Roles: "best" (rank 1 by the score attribute), "latest", "best, latest", "kept" (in the top k),
-    "kept as latest only" (the latest, outside the top k) and "not kept" (outside the top k: the next
-    retention of the run deletes it).
+    "kept as latest only" (the latest, outside the top k), "not kept" (outside the top k: the next
+    retention of the run deletes it) and "corrupt" (failed verification: neither ranked nor ever deleted
+    automatically; ``trainkeep prune RUN --corrupt`` deletes it).
     """
     records, config = view.records(), view.config
     if not records:
         return {}
     decision = decide(records, config)
     top = {r.name for r in best_checkpoints(records, config)}
-    best = rank(records, config)[-1]
+    ranked = rank(records, config)
     attribute = config.checkpoint_score_attribute
-    best_name = best.name if attribute and has_score([best], attribute) else None
-    latest = max(records, key=lambda r: r.round).name
+    best_name = ranked[-1].name if ranked and attribute and has_score(ranked[-1:], attribute) else None
+    latest = max((r for r in records if not r.corrupt), key=lambda r: r.round, default=None)
+    why = {c.name: c.corrupt for c in view.state.index.checkpoints}
     roles: dict[str, tuple[str, str]] = {}
     for record in records:
-        if record.name == latest and record.name not in top:
+        if record.corrupt:
+            roles[record.name] = ("corrupt", f"corrupt ({why[record.name]}): never deleted automatically; "
+                                             "`trainkeep prune RUN --corrupt` deletes it")
+            continue
+        if latest is not None and record.name == latest.name and record.name not in top:
             role = "kept as latest only"
-        elif record.name == latest:
+        elif latest is not None and record.name == latest.name:
             role = "best, latest" if record.name == best_name else "latest"
         else:
             role = "best" if record.name == best_name else "kept" if record.name in top else "not kept"
@@ -185,7 +191,9 @@ def _ls_footer(view: RunView) -> str:
     policy = ("retention keeps every checkpoint" if config.num_to_keep is None
               else f"retention keeps the top {config.num_to_keep} {by} plus the latest")
     total = sum(c.size for c in view.state.index.checkpoints)
-    return f"{plural(len(view.state.index.checkpoints), 'checkpoint')}, {human_size(total)}; {policy}"
+    corrupt = sum(1 for c in view.state.index.checkpoints if c.corrupt is not None)
+    marked = f"; {corrupt} corrupt, kept until `trainkeep prune RUN --corrupt`" if corrupt else ""
+    return f"{plural(len(view.state.index.checkpoints), 'checkpoint')}, {human_size(total)}; {policy}{marked}"
 
 
 # --------------------------------------------------------------------------------------------- show

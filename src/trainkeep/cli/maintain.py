@@ -1,4 +1,5 @@
-"""The commands that check or change a run: ``verify`` (reads every byte) and ``prune`` (deletes)."""
+"""The commands that check or change a run: ``verify`` (reads every byte, marks corrupt checkpoints) and ``prune``
+(deletes)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ from trainkeep.cli.common import (
 )
 from trainkeep.cli.listing import JSON_OPTION
 from trainkeep.config import CheckpointConfig
+from trainkeep.corruption import clear_mark, write_mark
 from trainkeep.layout import MANIFEST_NAME, validate_checkpoint_name
 from trainkeep.manager import CheckpointManager
-from trainkeep.retention import Decision, decide
-from trainkeep.run import verify_checkpoint
+from trainkeep.manifest import IndexEntry
+from trainkeep.retention import Decision, decide, decide_corrupt
+from trainkeep.run import Problem, corrupt_reason, verify_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,10 @@ logger = logging.getLogger(__name__)
 def verify_command(run: str, checkpoint: str | None, as_json: bool) -> None:
     """Re-read every file of RUN's checkpoints (or of CHECKPOINT) against the checksums in their manifests.
 
-    Exits 0 only when every checkpoint verifies, 1 when any file is corrupt or missing.
+    Every checkpoint is checked, whatever the others give; a file that cannot be read is reported too. A
+    committed checkpoint that is damaged is marked corrupt (a marker file under the run's .trainkeep/, the only
+    thing verify writes), so that retention never deletes it. Exits 0 only when every checkpoint verifies, 1
+    when any file is corrupt, missing or unreadable.
     """
     view = open_run(run)
     names = _names_to_verify(view, checkpoint)
@@ -55,13 +61,35 @@ def verify_command(run: str, checkpoint: str | None, as_json: bool) -> None:
         problems = verify_checkpoint(view.storage, view.path, name)
         entry = next((c for c in view.state.index.checkpoints if c.name == name), None)
         rows.append({"checkpoint": name, "ok": not problems, "size": entry.size if entry else None,
-                     "problems": [{"path": p.path, "reason": p.reason} for p in problems]})
+                     "marked_corrupt": _mark(view, entry, problems),
+                     "problems": [{"path": p.path, "reason": p.reason, "kind": p.kind} for p in problems]})
     if as_json:
         emit_json(rows)
     else:
         _print_verify(rows)
     if any(not row["ok"] for row in rows):
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _mark(view: RunView, entry: IndexEntry | None, problems: list[Problem]) -> bool:
+    """Mark the committed checkpoint ``entry`` corrupt when ``problems`` show damage; return whether it is marked.
+
+    Only the marker file is written (a live writer may hold the run index); every reader and the writer apply it.
+    Storage that refuses the write (read-only) leaves the checkpoint unmarked, with a warning.
+    """
+    if entry is None:
+        return False
+    if entry.corrupt is not None:
+        return True
+    reason = corrupt_reason(problems)
+    if reason is None:
+        return False
+    try:
+        write_mark(view.storage, view.path, entry, reason)
+    except OSError as exc:
+        logger.warning("could not mark checkpoint %s corrupt (%s); retention may still delete it", entry.name, exc)
+        return False
+    return True
 
 
 def _names_to_verify(view: RunView, checkpoint: str | None) -> list[str]:
@@ -91,28 +119,35 @@ def _print_verify(rows: list[dict[str, Any]]) -> None:
         if row["ok"]:
             results.add_row(row["checkpoint"], human_size(row["size"]), "ok", "", "")
         for problem in row["problems"]:
-            results.add_row(row["checkpoint"], human_size(row["size"]), "CORRUPT", problem["path"],
+            results.add_row(row["checkpoint"], human_size(row["size"]), problem["kind"].upper(), problem["path"],
                             problem["reason"])
     bad = sum(1 for row in rows if not row["ok"])
+    marked = sum(1 for row in rows if row["marked_corrupt"])
     summary = f"{len(rows) - bad} of {plural(len(rows), 'checkpoint')} verified" + (f"; {bad} corrupt" if bad else "")
+    if marked:
+        summary += (f"; {marked} marked corrupt: retention never deletes them, `trainkeep prune RUN --corrupt` "
+                    "does")
     render(results, summary)
 
 
 # --------------------------------------------------------------------------------------------- prune
 
 
-@click.command("prune", short_help="Delete checkpoints under a new retention policy.")
+@click.command("prune", short_help="Delete checkpoints under a new retention policy, or the corrupt ones.")
 @click.argument("run")
-@click.option("--num-to-keep", type=click.IntRange(min=1), required=True,
+@click.option("--num-to-keep", type=click.IntRange(min=1), default=None,
               help="Keep this many checkpoints by rank (the latest is always kept as well).")
+@click.option("--corrupt", is_flag=True,
+              help="Delete the checkpoints marked corrupt (by verify or a resume), and only those.")
 @click.option("--score-attribute", default=None, help="Rank by this metric instead of the run's own.")
 @click.option("--order", type=click.Choice(["max", "min"]), default=None,
               help="Whether higher (max) or lower (min) is better; default: the run's own order.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted; write nothing.")
 @JSON_OPTION
-def prune_command(run: str, num_to_keep: int, score_attribute: str | None, order: str | None, dry_run: bool,
-                  as_json: bool) -> None:
-    """Apply a retention policy to RUN after the fact, with the same retention code as a live run.
+def prune_command(run: str, num_to_keep: int | None, corrupt: bool, score_attribute: str | None,
+                  order: str | None, dry_run: bool, as_json: bool) -> None:
+    """Apply a retention policy to RUN after the fact, with the same retention code as a live run; or, with
+    --corrupt, delete the checkpoints marked corrupt (nothing else ever deletes them).
 
     Refuses (exit 3) while a live trainer or CheckpointManager holds the run. With --dry-run nothing is opened
     for writing: the decision is computed from what is on storage.
@@ -120,12 +155,13 @@ def prune_command(run: str, num_to_keep: int, score_attribute: str | None, order
     If the process dies while pruning, every checkpoint is either still listed and whole or already out of the
     run index; the next open of the run finishes the interrupted deletes.
     """
+    _check_prune_flags(num_to_keep, corrupt, score_attribute, order)
     view = open_run(run)
-    policy = _policy(view, num_to_keep, score_attribute, order)
+    policy = view.config if num_to_keep is None else _policy(view, num_to_keep, score_attribute, order)
     if dry_run:
-        decision = decide(view.records(), policy)
+        decision = decide_corrupt(view.records()) if corrupt else decide(view.records(), policy)
     else:
-        decision = _prune(run, view, policy)
+        decision = _prune(run, view, policy, corrupt)
     rows = _prune_rows(view, decision, policy, dry_run)
     if as_json:
         emit_json(rows)
@@ -135,6 +171,16 @@ def prune_command(run: str, num_to_keep: int, score_attribute: str | None, order
     if undeleted:
         raise CliError(f"could not delete {', '.join(undeleted)}; they left the run index and the next open of "
                        "the run retries", EXIT_STORAGE)
+
+
+def _check_prune_flags(num_to_keep: int | None, corrupt: bool, score_attribute: str | None,
+                       order: str | None) -> None:
+    if (num_to_keep is None) == (not corrupt):
+        raise CliError("prune needs exactly one of --num-to-keep K (a retention policy) and --corrupt (the "
+                       f"checkpoints marked corrupt), got {'both' if corrupt else 'neither'}", EXIT_USAGE)
+    if corrupt and (score_attribute is not None or order is not None):
+        raise CliError("--score-attribute and --order rank checkpoints for --num-to-keep; --corrupt deletes by "
+                       "mark, not by rank", EXIT_USAGE)
 
 
 def _policy(view: RunView, num_to_keep: int, score_attribute: str | None, order: str | None) -> CheckpointConfig:
@@ -150,8 +196,9 @@ def _policy(view: RunView, num_to_keep: int, score_attribute: str | None, order:
                             checkpoint_score_order=order or own.checkpoint_score_order)
 
 
-def _prune(run: str, view: RunView, policy: CheckpointConfig) -> Decision:
-    """Open the run as its writer with its own config, prune under ``policy``, close with its previous status.
+def _prune(run: str, view: RunView, policy: CheckpointConfig, corrupt: bool) -> Decision:
+    """Open the run as its writer with its own config, prune under ``policy`` (or delete the corrupt
+    checkpoints), close with its previous status, then drop the corrupt markers of what is gone.
 
     Raises:
         RunLockedError (exit 3) when a live writer holds the run; nothing is deleted then.
@@ -159,9 +206,13 @@ def _prune(run: str, view: RunView, policy: CheckpointConfig) -> Decision:
     previous_status = view.state.index.status
     manager = CheckpointManager(run, view.config)
     try:
-        return manager.prune(policy)
+        decision = manager.prune(policy, corrupt=corrupt)
     finally:
         manager.close(previous_status)
+    for record in decision.delete:  # a marker outliving its checkpoint is harmless (it names the commit), tidy
+        if record.corrupt and not view.storage.exists(view.storage.join(view.path, record.name)):
+            clear_mark(view.storage, view.path, record.name)
+    return decision
 
 
 def _prune_rows(view: RunView, decision: Decision, policy: CheckpointConfig, dry_run: bool) -> list[dict[str, Any]]:
