@@ -101,6 +101,7 @@ def test_missing_run_is_run_not_found(tmp_path: Path) -> None:
         with pytest.raises(tk.RunNotFoundError) as exc:
             tk.Result.from_path(path)
         assert isinstance(exc.value, FileNotFoundError) and str(path) in str(exc.value)
+        assert isinstance(exc.value, RuntimeError)  # what Ray Train raises for a missing run
 
 
 def test_from_path_writes_nothing_even_on_a_damaged_live_run(run_dir: str, make_source: MakeSource,
