@@ -164,15 +164,16 @@ def as_float(value: Any) -> float | None:
 def check_score(metrics: Mapping[str, Any], attribute: str | None) -> None:
     """Raise ScoreTypeError if ``attribute`` is present in ``metrics`` but is not a real number within float range.
 
-    The attribute is looked up in the flattened metrics; one that names a dict is not a number.
+    The attribute is looked up in the flattened metrics; one that names a group of metrics (a dict, or the
+    common prefix of ``"a/b"`` names) is present and is not a number.
     """
     if attribute is None:
         return
     value = lookup(metrics, attribute)
     if value is MISSING:
-        if attribute not in _groups(metrics):
+        value = _group(metrics, attribute)
+        if value is None:
             return
-        value = _find_group(metrics, attribute)
     elif as_float(value) is not None:
         return
     if is_real_number(value):
@@ -194,10 +195,11 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-def _find_group(metrics: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """Return the metrics under the group ``name`` as a nested dict, for messages."""
+def _group(metrics: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """Return the metrics under the group ``name`` (flattened, prefix removed), or None when it is no group."""
     prefix = name + "/"
-    return {k[len(prefix):]: v for k, v in flatten(metrics).items() if k.startswith(prefix)}
+    group = {k[len(prefix):]: v for k, v in flatten(metrics).items() if k.startswith(prefix)}
+    return group if group or name in _groups(metrics) else None
 
 
 def score_value(metrics: Mapping[str, Any], attribute: str) -> float | None:

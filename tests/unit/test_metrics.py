@@ -122,6 +122,13 @@ def test_a_stored_collision_reads_back_with_the_least_nested_spelling() -> None:
             flatten(metrics, strict=True)
 
 
+@pytest.mark.parametrize("metrics", [{"val": {"loss": 1}}, {"val/loss": 1}, {"val": {}}, {"val/x": {"y": 1}}])
+def test_a_score_attribute_naming_a_group_is_a_type_error_however_spelled(metrics: dict) -> None:
+    with pytest.raises(tk.ScoreTypeError, match=r"'val'.*\(dict\)"):
+        check_score(metrics, "val")
+    check_score({"x": {"val": 1.0}, "value": 2}, "val")  # a name that only ends or starts the same is missing
+
+
 def test_lookup_of_a_group_or_a_missing_name_is_missing() -> None:
     metrics = {"a": {"b": 2, "c": {"d": 3}}, "e": None}
     assert lookup(metrics, "a/b") == 2
