@@ -30,8 +30,12 @@ class CheckpointExistsError(TrainkeepError, FileExistsError):
     """A checkpoint directory name is already taken in this run; it is never overwritten."""
 
 
-class InvalidMetricsError(TrainkeepError, TypeError):
-    """Reported metrics are not a flat-or-nested dict of JSON-serialisable values with string keys."""
+class InvalidMetricsError(TrainkeepError, ValueError, TypeError):
+    """Reported metrics are not a flat-or-nested dict of JSON-serialisable values with string keys.
+
+    Both a ``ValueError`` (what Ray Train raises for a tensor in metrics) and a ``TypeError`` (what trainkeep
+    raised before), so either ``except`` keeps working.
+    """
 
 
 class ScoreTypeError(TrainkeepError, TypeError):
@@ -51,8 +55,8 @@ class RunLockedError(TrainkeepError, RuntimeError):
         )
 
 
-class RunNotFoundError(TrainkeepError, FileNotFoundError):
-    """The path holds no trainkeep run."""
+class RunNotFoundError(TrainkeepError, FileNotFoundError, RuntimeError):
+    """The path holds no trainkeep run; also a ``RuntimeError``, as Ray Train raises for a missing run."""
 
 
 class CorruptRunError(TrainkeepError, ValueError):

@@ -12,8 +12,8 @@ import fsspec
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
 from trainkeep.corruption import records_of
-from trainkeep.errors import ConfigError
-from trainkeep.metrics import MISSING, flatten, is_real_number, lookup
+from trainkeep.errors import ConfigError, InvalidMetricsError
+from trainkeep.metrics import as_float, flatten, lookup
 from trainkeep.retention import best_checkpoints
 from trainkeep.run import read_run
 from trainkeep.storage import resolve
@@ -70,8 +70,13 @@ class Result:
     def metrics_dataframe(self) -> Any:
         """A pandas DataFrame with one row per completed round, nested metrics flattened with "/".
 
-        Besides the metrics it has the columns ``round``, ``time`` and ``checkpoint_dir_name`` (unless a metric
-        of the same name exists). Raises ImportError with an install hint when pandas is missing.
+        Every metric keeps its flattened name. Besides them it has trainkeep's columns ``round``, ``time`` and
+        ``checkpoint_dir_name``; when a metric of the run has one of these names, trainkeep's column is
+        ``trainkeep/round`` (and so on) instead, so no reported value is ever replaced by another.
+
+        Raises:
+            ImportError with an install hint when pandas is missing; InvalidMetricsError when a round of a run
+            written by an older trainkeep reports one metric under two spellings (``a/b`` and ``{"a": {"b"}}``).
         """
         try:
             import pandas as pd
@@ -79,17 +84,27 @@ class Result:
             raise ImportError(
                 "Result.metrics_dataframe needs pandas: pip install 'trainkeep[pandas]'"
             ) from None
+        metrics = [self._flat_row(row) for row in self.history]
+        names = {key for flat in metrics for key in flat}
+        own = {field: _free_name(field, names) for field in _BOOKKEEPING}
         rows = []
-        for row in self.history:
-            flat = {"round": row["round"], "time": row["time"], "checkpoint_dir_name": row.get("checkpoint")}
-            flat.update(flatten(row["metrics"]))
-            rows.append(flat)
+        for row, flat in zip(self.history, metrics, strict=True):
+            values = {"round": row["round"], "time": row["time"], "checkpoint_dir_name": row.get("checkpoint")}
+            rows.append({**{own[field]: values[field] for field in _BOOKKEEPING}, **flat})
         return pd.DataFrame(rows)
 
-    def get_best_checkpoint(self, metric: str, mode: str) -> Checkpoint:
-        """Return the best of ``best_checkpoints`` by ``metric`` ("a/b" for nested) under ``mode``.
+    def _flat_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return flatten(row["metrics"], strict=True)
+        except InvalidMetricsError as exc:
+            raise InvalidMetricsError(f"round {row['round']} of run {self.path}: {exc}") from None
 
-        Reports where the metric is missing, None or NaN are ignored; on a tie the newer checkpoint wins.
+    def get_best_checkpoint(self, metric: str, mode: str) -> Checkpoint:
+        """Return the best of ``best_checkpoints`` by ``metric`` under ``mode``.
+
+        ``metric`` is looked up in the metrics flattened with "/" (``"a/b/c"`` finds ``{"a": {"b/c": 1}}``).
+        Reports where the metric is missing, None, NaN or not a number that converts to a float are ignored; on
+        a tie the newer checkpoint wins.
 
         Raises:
             ValueError for a mode other than "min"/"max"; RuntimeError when there are no checkpoints or no
@@ -101,8 +116,8 @@ class Result:
             raise RuntimeError(f"run {self.path} has no checkpoints")
         best: tuple[float, Checkpoint] | None = None
         for ckpt, metrics in self._in_round_order(self.best_checkpoints):
-            value = lookup(metrics, metric)
-            if value is MISSING or not is_real_number(value) or math.isnan(value):
+            value = as_float(lookup(metrics, metric))
+            if value is None or math.isnan(value):
                 continue
             score = value if mode == "max" else -value
             if best is None or score >= best[0]:
@@ -125,3 +140,14 @@ class Result:
         if self.error is not None:
             parts.append(f"error={self.error!r}")
         return f"Result({', '.join(parts)})"
+
+
+_BOOKKEEPING = ("round", "time", "checkpoint_dir_name")
+
+
+def _free_name(field: str, taken: set[str]) -> str:
+    """Return ``field``, or ``trainkeep/field`` (prefixed again as needed) when a metric already has that name."""
+    name = field
+    while name in taken:
+        name = f"trainkeep/{name}"
+    return name

@@ -20,8 +20,10 @@ from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig, CheckpointUploadMode
 from trainkeep.errors import ConfigError, ConfigTypeError, SessionError
 from trainkeep.layout import MANIFEST_NAME, validate_checkpoint_name
+from trainkeep.manifest import FileEntry
 from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.storage import list_source_files, storage_for
+from trainkeep.storage.fastcopy import hash_file
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.failures import pack_exception
 from trainkeep.trainer.injection import wrap_storage
@@ -123,7 +125,7 @@ class Session:
         self._send(p.Announce(plan.metrics if self.rank == 0 else None, plan.has_checkpoint, plan.files,
                               plan.dir_name, plan.mode.value))
         if plan.files is not None:
-            dest = self._recv(p.Dest).path
+            dest = self._recv(p.Dest)
             if plan.mode is CheckpointUploadMode.ASYNC:
                 self._async_uploader().submit((k, plan, dest))
                 return
@@ -190,22 +192,28 @@ class Session:
             return False
         return True
 
-    def _upload(self, job: tuple[int, _Plan, str]) -> None:
-        """Copy this rank's files into the staged directory, drop the local source if asked, tell the driver.
+    def _upload(self, job: tuple[int, _Plan, p.Dest]) -> None:
+        """Copy this rank's share of its files into the staged directory, drop the local source if asked, tell the driver.
+
+        The files outside the share (a lower rank uploads the same path) are only checksummed, so that the driver
+        can warn when the copies differ.
 
         If the worker dies inside, the staged directory holds part of the files and no manifest: the driver
         sweeps it when it discards the round (or the next open of the run does).
         """
         k, plan, dest = job
         assert plan.src is not None and plan.files is not None
+        share = plan.files if dest.files is None else dest.files
         # handing the files over (a rename on the same filesystem) is how a source that goes away is uploaded
-        entries = self._storage.put_tree(plan.src, dest, plan.files, move=plan.delete_src)
+        entries = self._storage.put_tree(plan.src, dest.path, share, move=plan.delete_src) if share else []
+        uploaded = set(share)
+        skipped = [FileEntry(rel, *hash_file(os.path.join(plan.src, rel))) for rel in plan.files if rel not in uploaded]
         if plan.delete_src:
             try:
                 shutil.rmtree(plan.src)
             except OSError as exc:  # the upload is durable; a leftover local copy is not worth failing the run
                 logger.warning("could not delete the local checkpoint %s after its upload: %s", plan.src, exc)
-        self._send(p.Uploaded(k, entries))
+        self._send(p.Uploaded(k, entries, skipped))
 
     def _async_uploader(self) -> AsyncUploader:
         if self._uploader is None:

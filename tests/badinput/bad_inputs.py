@@ -159,6 +159,10 @@ SCORES = [
          "'val/loss' must be a real number", config=NESTED),
     Case("nested-score-dict", lambda c: c.report({"val": {"loss": {"x": 1}}}), ScoreTypeError,
          "'val/loss' must be a real number", config=NESTED),
+    Case("nested-score-group-by-slash", lambda c: c.report({"val/loss/x": 1}), ScoreTypeError,
+         "'val/loss' must be a real number", config=NESTED),
+    Case("score-beyond-float-range", lambda c: c.report({"score": 10**400}), ScoreTypeError,
+         "got an int of about 401 digits (int), which is beyond the float range"),
 ]
 
 METRICS = [
@@ -180,6 +184,10 @@ METRICS = [
     Case("metrics-set-in-list", lambda c: c.report({"x": [1, {2}]}, False), InvalidMetricsError,
          "metrics['x'][1] has type builtins.set"),
     Case("metrics-too-deep", lambda c: c.report(_deep(40), False), InvalidMetricsError, "nested more than 32 levels"),
+    Case("metrics-two-spellings", lambda c: c.report({"a/b": 1, "a": {"b": 2}}, False), InvalidMetricsError,
+         "metrics['a/b'] and metrics['a']['b'] are two spellings of the metric 'a/b'"),
+    Case("metrics-int-too-long", lambda c: c.report({"x": 10**5000}), InvalidMetricsError,
+         "metrics['x'] is an int of 16610 bits; allowed: ints of at most 4096 bits"),
     Case("metrics-a-list", lambda c: c.report([("score", 1)]), InvalidMetricsError, "metrics must be a dict, got list"),
     Case("metrics-none", lambda c: c.report(None, False), InvalidMetricsError, "metrics must be a dict, got NoneType"),
     Case("checkpoint-a-path", lambda c: c.manager.report({"score": 1}, str(c.scratch)), ConfigTypeError,

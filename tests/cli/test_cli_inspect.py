@@ -180,3 +180,34 @@ def test_runs_probe_lets_go_of_a_free_lock(scored_run) -> None:
     assert {row["name"]: row["status"] for row in json.loads(result.stdout)} == {
         "scored": "finished", "stopped": "interrupted"}
     tk.CheckpointManager(Path(scored_run.path).parent / "stopped", MIN_TOP2).close()
+
+
+def test_best_and_prune_find_a_nested_score_however_it_is_spelled(tmp_path: Path) -> None:
+    """{"nested": {"sub/attr": 5}} was ranked as missing: `best` named a worse checkpoint, `prune` deleted it."""
+    spellings = [({"nested": {"sub/attr": 5}}, b"5"), ({"nested/sub": {"attr": 3}}, b"3"),
+                 ({"nested": {"sub": {"attr": 4}}}, b"4"), ({"nested/sub/attr": 1}, b"1")]
+    config = tk.CheckpointConfig(checkpoint_score_attribute="nested/sub/attr", checkpoint_score_order="max")
+    run = write_run(tmp_path / "nested", [Report(m, {"w": data}) for m, data in spellings], config)
+    assert run_cli("best", run.path).stdout == f"{run.path}/{run.checkpoints[0]}\n"
+    by_min = run_cli("best", run.path, "--metric", "nested/sub/attr", "--mode", "min")
+    assert by_min.stdout == f"{run.path}/{run.checkpoints[3]}\n"
+    rows = run_json("ls", run.path, "--json")
+    assert [row["score"] for row in rows] == [5, 3, 4, 1]
+    assert [row["role"] for row in rows][0] == "best"
+    plan = {row["name"]: row["action"] for row in run_json("prune", run.path, "--num-to-keep", "1", "--dry-run",
+                                                           "--json")}
+    assert plan[run.checkpoints[0]] == "keep" and plan[run.checkpoints[1]] == "delete"
+
+
+def test_best_and_ls_read_ints_beyond_the_float_range(tmp_path: Path) -> None:
+    """A stored 10**400 crashed `best` and `ls` with OverflowError; it ranks as missing instead."""
+    reports = [Report({"big": 10**400, "loss": 1.0}, {"w": b"0"}), Report({"big": 10**300, "loss": 2.0}, {"w": b"1"})]
+    run = write_run(tmp_path / "big", reports, tk.CheckpointConfig(checkpoint_score_attribute="loss"))
+    assert run_cli("best", run.path, "--metric", "big", "--mode", "max").stdout == f"{run.path}/{run.checkpoints[1]}\n"
+    assert run_cli("best", run.path, "--metric", "big", "--mode", "min").stdout == f"{run.path}/{run.checkpoints[1]}\n"
+    tk.CheckpointManager(run.path, tk.CheckpointConfig(checkpoint_score_attribute="big")).close()  # rank by it
+    listing = run_cli("ls", run.path)
+    assert listing.returncode == 0 and "OverflowError" not in listing.stderr
+    rows = {row["name"]: row for row in run_json("ls", run.path, "--json")}
+    assert rows[run.checkpoints[1]]["role"] == "best, latest" and rows[run.checkpoints[0]]["score"] == 10**400
+    assert run_cli("best", run.path).stdout == f"{run.path}/{run.checkpoints[1]}\n"

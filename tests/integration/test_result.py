@@ -101,6 +101,7 @@ def test_missing_run_is_run_not_found(tmp_path: Path) -> None:
         with pytest.raises(tk.RunNotFoundError) as exc:
             tk.Result.from_path(path)
         assert isinstance(exc.value, FileNotFoundError) and str(path) in str(exc.value)
+        assert isinstance(exc.value, RuntimeError)  # what Ray Train raises for a missing run
 
 
 def test_from_path_writes_nothing_even_on_a_damaged_live_run(run_dir: str, make_source: MakeSource,
@@ -145,3 +146,83 @@ def test_get_best_checkpoint_tie_goes_to_the_newer_whatever_the_run_ranks_by(run
     assert [m["acc"] for _, m in result.best_checkpoints] == [0.1, 0.9]  # ranked by acc: the newer is first
     assert result.get_best_checkpoint("loss", "min").path.endswith("checkpoint_000001")
     assert result.get_best_checkpoint("loss", "max").path.endswith("checkpoint_000001")
+
+
+# ------------------------------------------------------------------ issue 13 item 1, issue 14 items 5 and 11
+
+
+def test_a_nested_score_with_a_slash_inside_a_key_keeps_the_best_checkpoint(run_dir: str,
+                                                                            make_source: MakeSource) -> None:
+    """{"nested": {"sub/attr": 5}} was ranked as missing, so the later lower score evicted it from storage."""
+    config = tk.CheckpointConfig(1, "nested/sub/attr", "max")
+    with tk.CheckpointManager(run_dir, config) as manager:
+        manager.report({"nested": {"sub/attr": 5}}, make_source({"w": b"5"}))
+        manager.report({"nested/sub": {"attr": 3}}, make_source({"w": b"3"}))
+        manager.report({"nested": {"sub": {"attr": 4}}}, make_source({"w": b"4"}))
+        kept = sorted(os.path.basename(c.path) for c, _ in manager.checkpoints)
+    assert kept == ["checkpoint_000000", "checkpoint_000002"]  # the best, and the latest (never deleted)
+    assert not Path(run_dir, "checkpoint_000001").exists()
+    result = tk.Result.from_path(run_dir)
+    assert [m for _, m in result.best_checkpoints] == [{"nested": {"sub/attr": 5}}]
+    assert result.get_best_checkpoint("nested/sub/attr", "max").path.endswith("checkpoint_000000")
+    assert list(result.metrics_dataframe["nested/sub/attr"]) == [5, 3, 4]
+
+
+def test_two_spellings_of_one_metric_fail_the_report_and_write_nothing(run_dir: str, make_source: MakeSource,
+                                                                       snapshot: Callable[[str], dict]) -> None:
+    with tk.CheckpointManager(run_dir, tk.CheckpointConfig(1, "a/b", "max")) as manager:
+        manager.report({"a/b": 1.0}, make_source())
+        before = snapshot(run_dir)
+        for metrics in ({"a/b": 2.0, "a": {"b": 3.0}}, {"a": {"b/c": 1}, "a/b": {"c": 2}}):
+            with pytest.raises(tk.InvalidMetricsError, match="two spellings of the metric 'a/b"):
+                manager.report(metrics, make_source())
+            assert snapshot(run_dir) == before
+        manager.report({"a": {"b": 0.5}}, make_source())
+    assert list(tk.Result.from_path(run_dir).metrics_dataframe["a/b"]) == [1.0, 0.5]
+
+
+def test_metrics_dataframe_never_replaces_a_reported_value(run_dir: str) -> None:
+    """Metrics named like trainkeep's columns keep their names; trainkeep's columns move to trainkeep/<name>."""
+    with tk.CheckpointManager(run_dir) as manager:
+        manager.report({"round": 100, "time": "late", "checkpoint_dir_name": "mine", "trainkeep/round": -1})
+        manager.report({"loss": 1.0})
+    df = tk.Result.from_path(run_dir).metrics_dataframe
+    assert list(df["round"].fillna(-2)) == [100, -2]  # the user's, never ours
+    assert list(df["time"].fillna("-")) == ["late", "-"] and list(df["checkpoint_dir_name"].fillna("-")) == ["mine", "-"]
+    assert list(df["trainkeep/round"].fillna(-2)) == [-1, -2]
+    assert list(df["trainkeep/trainkeep/round"]) == [0, 1]  # ours, prefixed once more as trainkeep/round is taken
+    assert df["trainkeep/time"].notna().all() and df["trainkeep/checkpoint_dir_name"].isna().all()
+    assert "loss" in df.columns
+
+
+def test_metrics_dataframe_refuses_two_spellings_written_by_an_older_version(run_dir: str) -> None:
+    with tk.CheckpointManager(run_dir) as manager:
+        manager.report({"x": 1})
+    with open(Path(run_dir, HISTORY_NAME), "a") as f:  # what trainkeep wrote before the check at report()
+        f.write('{"round": 1, "time": 1.0, "metrics": {"a/b": 1, "a": {"b": 2}}, "checkpoint": null}\n')
+    result = tk.Result.from_path(run_dir)
+    assert result.metrics == {"a/b": 1, "a": {"b": 2}}
+    with pytest.raises(tk.InvalidMetricsError, match=r"round 1 of run .*metrics\['a/b'\] and metrics\['a'\]\['b'\]"):
+        result.metrics_dataframe  # noqa: B018
+
+
+def test_a_score_beyond_the_float_range_is_refused_and_stored_ones_read(run_dir: str, make_source: MakeSource,
+                                                                        snapshot: Callable[[str], dict]) -> None:
+    """10**400 as the score was accepted; then every commit raised OverflowError and readers crashed."""
+    with tk.CheckpointManager(run_dir, tk.CheckpointConfig(1, "score", "max")) as manager:
+        manager.report({"score": 1.0, "big": 10**400}, make_source())  # any metric may be a big int ...
+        before = snapshot(run_dir)
+        for metrics in ({"score": 10**400}, {"score": -(10**400), "x": 1}):
+            with pytest.raises(tk.ScoreTypeError, match="'score'.*beyond the float range"):  # ... not the score
+                manager.report(metrics, make_source())
+            assert snapshot(run_dir) == before
+        manager.report({"score": 2.0, "big": 10**399}, make_source())
+    # Reopened ranking by the stored big ints: retention, from_path and get_best_checkpoint read them.
+    with tk.CheckpointManager(run_dir, tk.CheckpointConfig(1, "big", "max")) as manager:
+        manager.report({"score": 3.0}, make_source())
+    result = tk.Result.from_path(run_dir)
+    assert len(result.best_checkpoints) == 1
+    with pytest.raises(RuntimeError, match="no checkpoint .* has a numeric metric 'big'"):
+        result.get_best_checkpoint("big", "max")
+    assert result.get_best_checkpoint("score", "max").path.endswith("checkpoint_000002")
+    assert list(result.metrics_dataframe["score"]) == [1.0, 2.0, 3.0]

@@ -152,14 +152,12 @@ def test_a_bad_report_fails_the_run_at_once_and_writes_nothing(bad, error, words
     assert os.listdir(os.path.join(run_path, ".trainkeep")) == ["lock"]  # no intent record left behind
 
 
-def test_a_file_written_by_two_ranks_fails_the_round_naming_the_file_and_ranks(loop_config, make_run,
-                                                                              list_checkpoint_dirs):
+def test_a_file_written_by_two_ranks_keeps_rank_0_s_copy(loop_config, make_run):
+    """DESIGN §3: the lowest rank's copy is kept (tests/trainer/test_trainer_rounds.py has the details)."""
     loop_config.update(ckpt_ranks=[0, 1], shard_name="model.pt")
-    run = make_run(failure_config=tk.FailureConfig(max_failures=2))
-    with pytest.raises(ValueError, match=r"file 'model.pt' .* both rank [01] and rank [01]"):
-        fit(loop_config, run)
-    assert len([line for line in read_log(loop_config["log"]) if line.startswith("start")]) == 2  # not retried
-    assert list_checkpoint_dirs(os.path.join(run.storage_path, "run")) == []
+    result = fit(loop_config, make_run())
+    with open(os.path.join(result.path, "checkpoint_000002", "model.pt")) as f:
+        assert f.read() == "rank 0 epoch 2"
 
 
 def test_ranks_passing_different_checkpoint_names_fail_the_round(loop_config, make_run, list_checkpoint_dirs):

@@ -24,7 +24,7 @@ from trainkeep.cli.common import (
     metric_names,
     open_run,
 )
-from trainkeep.metrics import MISSING, is_real_number, lookup
+from trainkeep.metrics import as_float, lookup
 from trainkeep.retention import rank
 
 FORMATS = (".png", ".svg", ".pdf", ".html")
@@ -63,10 +63,10 @@ def plot_series(view: RunView, metric: str) -> Series:
     committed = {c.name for c in view.state.index.checkpoints}
     series = Series(metric)
     for report in view.state.history:
-        value = lookup(report["metrics"], metric)
-        if value is MISSING or not is_real_number(value) or not math.isfinite(value):
+        value = as_float(lookup(report["metrics"], metric))
+        if value is None or not math.isfinite(value):
             continue
-        point = Point(report["round"], float(value), report.get("checkpoint"))
+        point = Point(report["round"], value, report.get("checkpoint"))
         series.points.append(point)
         if point.checkpoint is not None:
             (series.kept if point.checkpoint in committed else series.deleted).append(point)

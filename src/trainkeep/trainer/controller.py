@@ -126,8 +126,7 @@ class Controller:
         if msg.has_checkpoint and msg.files is not None:
             rnd.uploads.add(rank)
             rnd.deferred.append(rank)
-        if msg.has_checkpoint:
-            self._try_stage(rnd)
+        self._try_stage(rnd)  # any arrival may complete the lower ranks that a waiting uploader's share needs
         if rnd.is_complete(self.world_size):
             self._on_complete(rnd)
 
@@ -166,14 +165,12 @@ class Controller:
 
     def _send_destinations(self, rnd: Round) -> None:
         assert rnd.staged is not None
-        for rank in rnd.deferred:
-            self.group.send(rank, p.Dest(rnd.staged.path))
-        rnd.deferred.clear()
+        for rank, files in rnd.take_destinations():  # each path to one rank only (rounds.assign_paths)
+            self.group.send(rank, p.Dest(rnd.staged.path, files))
 
     def _on_uploaded(self, rank: int, msg: p.Uploaded) -> None:
         rnd = self._rounds[msg.round]
-        rnd.uploads.discard(rank)
-        rnd.entries.extend(msg.entries)
+        rnd.record_upload(rank, msg.entries, msg.skipped or [])
         self._finish_ready_rounds()
 
     def _finish_ready_rounds(self) -> None:

@@ -55,10 +55,15 @@ class Announce(NamedTuple):
 
 
 class Uploaded(NamedTuple):
-    """A worker finished copying its files of round ``round`` (attempt-relative) into the staged directory."""
+    """A worker finished copying its files of round ``round`` (attempt-relative) into the staged directory.
+
+    ``skipped``: the size and checksum of its files that a lower rank uploaded (the same relative path), so the
+    driver can warn when the copies differ.
+    """
 
     round: int
     entries: list[FileEntry]
+    skipped: list[FileEntry] | None = None
 
 
 class Failed(NamedTuple):
@@ -93,9 +98,13 @@ class Boot(NamedTuple):
 
 
 class Dest(NamedTuple):
-    """Copy your files into ``path`` (the round's staged checkpoint directory)."""
+    """Copy your files into ``path`` (the round's staged checkpoint directory): ``files`` of them, all when None.
+
+    A file left out is one a lower rank also passed and uploads (see ``rounds.assign_paths``).
+    """
 
     path: str
+    files: list[str] | None = None
 
 
 class Done(NamedTuple):

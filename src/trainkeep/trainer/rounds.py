@@ -5,10 +5,18 @@ Pure bookkeeping over plain data; the controller does the I/O.
 Naming rule of a round (deterministic whatever order the ranks arrive in): every rank that passes a checkpoint
 must pass the same ``checkpoint_dir_name`` (None means the default ``checkpoint_NNNNNN``), and a rank that passes
 only a name must pass that same name. A round without any checkpoint ignores names, as Ray Train does.
+
+Same-file rule (DESIGN §3): a relative path that several ranks pass is uploaded by the lowest of them only
+(:func:`assign_paths`), decided before any bytes move. Identical copies are so stored once; when the others'
+copies differ (their checksums come back with their uploads), one warning names the file and the ranks, and the
+lowest rank's copy is the one kept. A path that is a file for one rank and a directory for another cannot be
+stored at all: that is an error.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +27,11 @@ from trainkeep.manifest import FileEntry
 if TYPE_CHECKING:
     from trainkeep.commit import StagedCheckpoint
 
+logger = logging.getLogger(__name__)
+
 
 class InconsistentReportError(TrainkeepError, ValueError):
-    """The ranks' reports of one round disagree (checkpoint names) or collide (the same file from two ranks)."""
+    """The ranks' reports of one round disagree (checkpoint names) or collide (a file of one is a directory of another)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,10 @@ class Round:
     uploads: set[int] = field(default_factory=set)
     entries: list[FileEntry] = field(default_factory=list)
     deferred: list[int] = field(default_factory=list)
-    _files: dict[str, int] = field(default_factory=dict)
+    _files: dict[str, list[int]] = field(default_factory=dict)  # path -> the ranks that pass it, in arrival order
     _dirs: dict[str, int] = field(default_factory=dict)
+    _copies: dict[str, dict[int, tuple[int, str]]] = field(default_factory=dict)  # path -> rank -> (size, checksum)
+    _all_arrived: bool = False
 
     def missing(self, world_size: int) -> list[int]:
         """Return the ranks that have not reached this round yet."""
@@ -73,7 +85,7 @@ class Round:
 
         Raises:
             InconsistentReportError when its checkpoint name disagrees with an earlier rank's, or one of its
-            files is also another rank's (or a file of one is a directory of the other).
+            files is a directory of another rank's (or the other way round).
         """
         self.arrivals[arrival.rank] = arrival
         if not arrival.has_checkpoint:
@@ -94,9 +106,15 @@ class Round:
     def check_names(self) -> None:
         """Check, once every rank arrived, that ranks passing only a name agree with the checkpoint's name.
 
+        From then on the ranks that pass each file are known, so copies that differ are warned about as soon as
+        all of them are in (see :meth:`record_upload`).
+
         Raises:
             InconsistentReportError naming the ranks and names.
         """
+        self._all_arrived = True
+        for path, copies in self._copies.items():
+            self._compare(path, copies)
         if self.name is None:
             return
         for arrival in self.arrivals.values():
@@ -107,22 +125,79 @@ class Round:
                     "Pass the same checkpoint_dir_name on every rank."
                 )
 
+    def take_destinations(self) -> list[tuple[int, list[str]]]:
+        """Return (rank, the files it uploads) for each waiting rank whose share is decided, and stop waiting.
+
+        A rank's share is decided once every lower rank has arrived, since only a lower rank can take a path
+        from it; rank 0's share is its whole file list at once.
+        """
+        ready = [r for r in self.deferred if all(lower in self.arrivals for lower in range(r))]
+        if not ready:
+            return []
+        shares = assign_paths({r: a.files for r, a in self.arrivals.items() if a.has_checkpoint})
+        self.deferred = [r for r in self.deferred if r not in ready]
+        return [(r, shares[r]) for r in ready]
+
+    def record_upload(self, rank: int, entries: list[FileEntry], skipped: Iterable[FileEntry] = ()) -> None:
+        """Record that ``rank`` uploaded ``entries``; ``skipped`` are its copies of files a lower rank uploaded.
+
+        Once every rank arrived and every copy of a path is in, copies that differ from the stored one are
+        logged in one warning that names the file and the ranks.
+        """
+        self.uploads.discard(rank)
+        self.entries.extend(entries)
+        for entry in [*entries, *skipped]:
+            copies = self._copies.setdefault(entry.path, {})
+            copies[rank] = (entry.size, entry.checksum)
+            if self._all_arrived:
+                self._compare(entry.path, copies)
+
+    def _compare(self, path: str, copies: dict[int, tuple[int, str]]) -> None:
+        """Warn once, when every copy of ``path`` is in, if they differ from the lowest rank's."""
+        if len(copies) < 2 or len(copies) != len(self._files.get(path, ())):
+            return
+        kept = min(copies)
+        differing = sorted(r for r, copy in copies.items() if copy != copies[kept])
+        if differing:
+            who = f"rank {differing[0]} differs" if len(differing) == 1 else f"ranks {_ranks(differing)} differ"
+            logger.warning(
+                "file %r of checkpoint %r (report round %d) was passed by ranks %s with different content "
+                "(%s from rank %d); kept rank %d's copy, the lowest rank's",
+                path, self.name, self.index, _ranks(sorted(copies)), who, kept, kept)
+
     def _claim(self, rank: int, files: list[str]) -> None:
         for path in files:
-            parents = _parents(path)
-            clash = self._files.get(path, self._dirs.get(path))
-            if clash is None:
-                clash = next((self._files[p] for p in parents if p in self._files), None)
+            clash = self._dirs.get(path)  # this rank's file is another rank's directory ...
+            if clash is None:  # ... or this rank's directory is another rank's file
+                clash = next((self._files[p][0] for p in _parents(path) if p in self._files), None)
             if clash is not None and clash != rank:
                 raise InconsistentReportError(
-                    f"file {path!r} of checkpoint {self.name!r} (report round {self.index}) is written by both "
-                    f"rank {clash} and rank {rank}; every rank's files go into the same directory, so give each "
-                    "rank its own file names (for example model_rank{rank}.pt), or report files from one rank."
+                    f"{path!r} of checkpoint {self.name!r} (report round {self.index}) is a file for one of ranks "
+                    f"{min(clash, rank)} and {max(clash, rank)} and a directory for the other; every rank's files "
+                    "go into the same directory, so a path cannot be both. Rename one of them."
                 )
         for path in files:
-            self._files[path] = rank
+            self._files.setdefault(path, []).append(rank)
             for parent in _parents(path):
                 self._dirs.setdefault(parent, rank)
+
+
+def assign_paths(announcements: Mapping[int, list[str] | None]) -> dict[int, list[str]]:
+    """Return which files each rank uploads: every path goes to the lowest rank that announced it.
+
+    ``announcements`` maps a rank to its file list (None for a rank that uploads nothing, as NO_UPLOAD). The
+    result has an entry for every rank, each list in that rank's own order; every announced path is in exactly
+    one list.
+    """
+    owner: dict[str, int] = {}
+    for rank in sorted(announcements):
+        for path in announcements[rank] or []:
+            owner.setdefault(path, rank)
+    return {rank: [path for path in files or [] if owner[path] == rank] for rank, files in announcements.items()}
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(str(r) for r in ranks)
 
 
 def _parents(path: str) -> list[str]:
