@@ -16,13 +16,14 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
 
 import trainkeep as tk
 from trainkeep.errors import UnsupportedCheckpointFileError
 from trainkeep.layout import MANIFEST_NAME
 from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
+from trainkeep.storage import FsspecStorage, LocalStorage, Storage, list_source_files
 
 Snapshot = Callable[[str], dict]
 
@@ -171,3 +172,27 @@ def _plain(root: Path) -> Path:
     root.mkdir()
     (root / "model.bin").write_bytes(b"weights")
     return root
+
+
+@pytest.mark.parametrize("store", ["local", "memory"])
+def test_a_handed_over_source_never_moves_or_deletes_a_symlinks_target(source: Path, tmp_path: Path,
+                                                                       store: str) -> None:
+    """``put_tree(move=True)`` (a worker's source with delete_local_checkpoint_after_upload) copies linked files:
+    renaming or deleting them would take the user's files outside the checkpoint directory with it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.bin").write_bytes(b"a")
+    (outside / "b.bin").write_bytes(b"b")
+    (source / "linked_dir").symlink_to(outside)
+    (source / "linked_file").symlink_to(outside / "b.bin")
+    storage: Storage = LocalStorage() if store == "local" else FsspecStorage(fsspec.filesystem("memory"))
+    dest = str(tmp_path / "dest") if store == "local" else f"/handover-{tmp_path.name}"
+    storage.makedirs(dest)
+    entries = storage.put_tree(str(source), dest, list_source_files(str(source)), move=True)
+    assert {e.path for e in entries} == {"model.bin", "sub/state.bin", "linked_dir/a.bin", "linked_dir/b.bin",
+                                        "linked_file"}
+    assert _tree(str(outside)) == {"a.bin": b"a", "b.bin": b"b"}  # the user's files are where they were
+    assert not (source / "model.bin").exists()  # the source's own files were handed over
+    if store == "local":
+        assert os.stat(Path(dest, "linked_file")).st_ino != os.stat(outside / "b.bin").st_ino
+        assert os.stat(Path(dest, "linked_dir", "a.bin")).st_ino != os.stat(outside / "a.bin").st_ino

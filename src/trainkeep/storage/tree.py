@@ -121,3 +121,17 @@ def _refuse_run(directory: str, names: list[str]) -> None:
             f"it holds a trainkeep run ({marker!r}), so the checkpoint would contain the run itself and grow "
             "each round; report a directory of its own, outside the run's storage path",
         )
+
+
+def is_linked(src_dir: str, relative_path: str) -> bool:
+    """Return True when ``relative_path`` under ``src_dir`` passes through a symlink (the file or a directory).
+
+    Such a file belongs to someone else: a source handed over (``put_tree(move=True)``) must copy it, never
+    rename or delete it, or the user's file outside the checkpoint directory would be moved away.
+    """
+    path = src_dir
+    for part in relative_path.split("/"):
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            return True
+    return False
