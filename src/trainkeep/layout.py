@@ -130,7 +130,7 @@ def file_name_problem(name: str, is_dir: bool = False) -> str | None:
     A name that passes is stored, listed, verified and restored unchanged on a local disk, fsspec's memory
     filesystem and S3, and printed on one line by the CLI.
     """
-    if name in ("", ".", ".."):
+    if name in ("", ".", "..") or "/" in name:
         return f"{name!r} is not a usable file name"
     try:
         encoded = name.encode("utf-8")
