@@ -144,7 +144,8 @@ def file_name_problem(name: str, is_dir: bool = False) -> str | None:
         return f"its name contains the control character {control.group()!r}"
     if len(encoded) > MAX_FILE_NAME_BYTES:
         return f"its name is {len(encoded)} bytes long in UTF-8 (at most {MAX_FILE_NAME_BYTES})"
-    if not is_dir and not is_skipped_file(name) and (name.startswith(".trainkeep") or name.endswith(TEMP_SUFFIX)):
+    reserved = name.startswith(".trainkeep") or name.endswith(TEMP_SUFFIX)
+    if reserved and (is_dir or not is_skipped_file(name)):  # a directory named like our manifest would block it
         return (f"its name starts with '.trainkeep' or ends with {TEMP_SUFFIX!r}, which are reserved for "
                 "trainkeep's own files")
     return None

@@ -47,6 +47,7 @@ REFUSED = [
     (".trainkeep_state", "reserved"),
     ("mine.trainkeep_tmp", "reserved"),
     ("dir\\name/inner.bin", "backslash"),
+    (".trainkeep_manifest.json/inner.bin", "reserved"),  # a directory where the manifest goes
 ]
 
 

@@ -167,9 +167,10 @@ def test_file_names_that_round_trip_pass(name: str) -> None:
     assert file_name_problem(name) is None
 
 
-def test_reserved_prefixes_apply_to_files_not_to_directories() -> None:
-    assert file_name_problem(".trainkeep_cache", is_dir=True) is None
-    assert file_name_problem(".trainkeep_cache") is not None
+def test_reserved_names_are_refused_for_directories_too() -> None:
+    assert file_name_problem(".trainkeep_cache", is_dir=True) is not None
+    assert file_name_problem(".trainkeep_manifest.json", is_dir=True) is not None  # would block the manifest
+    assert file_name_problem(".trainkeep_manifest.json") is None  # a manifest of ours: skipped, not refused
 
 
 def test_skipped_files_are_our_manifest_and_hidden_temp_files() -> None:
