@@ -196,3 +196,26 @@ def test_a_handed_over_source_never_moves_or_deletes_a_symlinks_target(source: P
     if store == "local":
         assert os.stat(Path(dest, "linked_file")).st_ino != os.stat(outside / "b.bin").st_ino
         assert os.stat(Path(dest, "linked_dir", "a.bin")).st_ino != os.stat(outside / "a.bin").st_ino
+
+
+def _report_a_fifo(config: dict) -> None:
+    """A training loop whose first report hands over a directory with a FIFO in it."""
+    src = Path(config["src"])
+    src.mkdir()
+    (src / "model.bin").write_bytes(b"weights")
+    os.mkfifo(src / "pipe")
+    tk.report({"epoch": 0}, checkpoint=tk.Checkpoint.from_directory(src))
+
+
+def test_a_trainer_worker_refuses_a_fifo_before_writing(tmp_path: Path) -> None:
+    """The worker side (session's plan) goes through the same scan: the run fails typed, no checkpoint staged."""
+    trainer = tk.DataParallelTrainer(_report_a_fifo, train_loop_config={"src": str(tmp_path / "src")},
+                                     run_config=tk.RunConfig(name="run", storage_path=str(tmp_path / "results")))
+    with pytest.raises(tk.TrainingFailedError) as info:
+        trainer.fit()
+    [failure] = info.value.worker_failures.values()
+    assert isinstance(failure, UnsupportedCheckpointFileError) and "FIFO" in str(failure)
+    assert str(tmp_path / "src" / "pipe") in str(failure)
+    run = tmp_path / "results" / "run"
+    assert not [p for p in run.iterdir() if p.name.startswith("checkpoint_")]
+    assert not list((run / ".trainkeep").glob("intent-*"))
