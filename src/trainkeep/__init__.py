@@ -32,6 +32,7 @@ from trainkeep.errors import (
     StorageError,
     TrainingFailedError,
     TrainkeepError,
+    UnsupportedCheckpointFileError,
 )
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
@@ -67,6 +68,7 @@ __all__ = [
     "TrainableTrainer",
     "TrainingFailedError",
     "TrainkeepError",
+    "UnsupportedCheckpointFileError",
     "__version__",
     "get_checkpoint",
     "get_context",

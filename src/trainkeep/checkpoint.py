@@ -48,8 +48,9 @@ class Checkpoint:
         """Copy the checkpoint's files into local directory ``path`` (a fresh temp dir when None); return it.
 
         Files are fetched in parallel and, when the checkpoint has a manifest, each is verified against it
-        before it takes its name. trainkeep's own bookkeeping files are not copied. Existing files of the same
-        names are replaced.
+        before it takes its name (the temp name is short and hidden, so any name a report accepts, up to 255
+        bytes, restores). trainkeep's own bookkeeping files are not copied. Existing files of the same names are
+        replaced.
 
         Raises:
             FileNotFoundError when the checkpoint directory does not exist; ChecksumMismatchError naming a file

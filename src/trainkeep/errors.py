@@ -26,6 +26,22 @@ class InvalidCheckpointNameError(TrainkeepError, ValueError):
     """A checkpoint directory name is not allowed (separators, ``..``, NUL, reserved prefixes, too long)."""
 
 
+class UnsupportedCheckpointFileError(TrainkeepError, ValueError):
+    """An entry of a reported checkpoint directory cannot be stored and restored exactly as it is.
+
+    Its name (not UTF-8, control characters, ``\\``, reserved, too long), its kind (FIFO, device, socket,
+    dangling symlink, symlink loop) or its content (the run itself) is refused before anything is written.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot checkpoint {path!r}: {reason}")
+
+    def __reduce__(self):  # keep it picklable across worker processes
+        return (type(self), (self.path, self.reason))
+
+
 class CheckpointExistsError(TrainkeepError, FileExistsError):
     """A checkpoint directory name is already taken in this run; it is never overwritten."""
 

@@ -13,6 +13,7 @@ Layout of a run::
 
 from __future__ import annotations
 
+import os
 import re
 
 from trainkeep.errors import InvalidCheckpointNameError
@@ -27,6 +28,10 @@ TEMP_SUFFIX = ".trainkeep_tmp"
 METADATA_NAME = ".metadata.json"
 MAX_NAME_LENGTH = 100
 MAX_NAME_BYTES = 200  # in UTF-8: with the intent record's prefix, suffix and temp suffix, within NAME_MAX (255)
+MAX_FILE_NAME_BYTES = 255  # NAME_MAX of local filesystems: a longer file name could not be restored to a disk
+MAX_FILE_PATH_BYTES = 768  # with the run's prefix and the checkpoint's name, an S3 key stays within 1024 bytes
+# C0 and C1 controls, DEL and the Unicode line separators: they break lines of output and some object stores
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 RESERVED_PREFIXES = (".trainkeep", "trainkeep_run", "history.jsonl")
 DEFAULT_CHECKPOINT_RE = re.compile(r"^checkpoint_\d{6,}$")
@@ -117,3 +122,48 @@ def is_reserved_file(relative_path: str) -> bool:
 def intent_name(checkpoint_name: str) -> str:
     """Return the file name of the intent record for ``checkpoint_name``."""
     return f"{INTENT_PREFIX}{checkpoint_name}.json"
+
+
+def file_name_problem(name: str, is_dir: bool = False) -> str | None:
+    """Return why one component of a checkpoint file's path cannot round-trip through every store, or None.
+
+    A name that passes is stored, listed, verified and restored unchanged on a local disk, fsspec's memory
+    filesystem and S3, and printed on one line by the CLI.
+    """
+    if name in ("", ".", "..") or "/" in name:
+        return f"{name!r} is not a usable file name"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"its name is not valid UTF-8 (bytes {os.fsencode(name)!r}); manifests and object stores "
+                "hold UTF-8 names only")
+    if "\\" in name:
+        return "its name contains a backslash ('\\'), which object stores and manifests treat as a separator"
+    control = _CONTROL_RE.search(name)
+    if control:
+        return f"its name contains the control character {control.group()!r}"
+    if len(encoded) > MAX_FILE_NAME_BYTES:
+        return f"its name is {len(encoded)} bytes long in UTF-8 (at most {MAX_FILE_NAME_BYTES})"
+    reserved = name.startswith(".trainkeep") or name.endswith(TEMP_SUFFIX)
+    if reserved and (is_dir or not is_skipped_file(name)):  # a directory named like our manifest would block it
+        return (f"its name starts with '.trainkeep' or ends with {TEMP_SUFFIX!r}, which are reserved for "
+                "trainkeep's own files")
+    return None
+
+
+def file_path_problem(relative_path: str) -> str | None:
+    """Return why a checkpoint file's relative path (names checked one by one already) is refused, or None."""
+    size = len(relative_path.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILE_PATH_BYTES:
+        return f"its path inside the checkpoint is {size} bytes long in UTF-8 (at most {MAX_FILE_PATH_BYTES})"
+    return None
+
+
+def is_skipped_file(relative_path: str) -> bool:
+    """Return True for a source file that a report leaves out: a manifest or a temp file of ours.
+
+    A committed checkpoint can be reported again (its manifest is not copied), and a temp file that a crash
+    left behind (ours are hidden names ending in the temp suffix) is debris, not data.
+    """
+    base = relative_path.rsplit("/", 1)[-1]
+    return base == MANIFEST_NAME or (base.startswith(".") and base.endswith(TEMP_SUFFIX))

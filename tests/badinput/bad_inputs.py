@@ -32,6 +32,7 @@ from trainkeep.errors import (
     InvalidMetricsError,
     ScoreTypeError,
     StorageError,
+    UnsupportedCheckpointFileError,
 )
 
 SCORE = tk.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="score", checkpoint_score_order="max")
@@ -366,4 +367,50 @@ def _unreachable_manager() -> tk.CheckpointManager:
                                 storage=FsspecStorage(fs, RetryPolicy(attempts=2, base_s=0.01)))
 
 
-TABLE = SCORES + METRICS + NAMES + CONFIGS + TRAINERS + STORAGE
+def _report_dir(ctx: Ctx, make: Callable[[Path], Any]) -> Any:
+    """Report a fresh source directory (model.bin plus what ``make`` puts in it) through ``ctx.manager``."""
+    assert ctx.manager is not None
+    src = Path(tempfile.mkdtemp(dir=ctx.scratch))
+    (src / "model.bin").write_bytes(b"weights")
+    make(src)
+    return ctx.manager.report({"score": 1}, tk.Checkpoint.from_directory(src))
+
+
+def _named(name: str) -> Callable[[Ctx], Any]:
+    def make(src: Path) -> None:
+        target = src.joinpath(*name.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"data")
+
+    return lambda c: _report_dir(c, make)
+
+
+def _linked(name: str, target: str) -> Callable[[Ctx], Any]:
+    return lambda c: _report_dir(c, lambda src: (src / name).symlink_to(target))
+
+
+# Files in a reported directory that could not be stored and restored exactly (issue 14: 1, 3, 4)
+FILES = [
+    Case("file-backslash", _named("a\\b.bin"), UnsupportedCheckpointFileError, "contains a backslash"),
+    Case("file-newline", _named("a\nb.bin"), UnsupportedCheckpointFileError, "control character '\\n'"),
+    Case("file-escape-char", _named("a\x1b[31m"), UnsupportedCheckpointFileError, "control character '\\x1b'"),
+    Case("file-not-utf8", _named(os.fsdecode(b"caf\xe9.bin")), UnsupportedCheckpointFileError,
+         "not valid UTF-8 (bytes b'caf\\xe9.bin')"),
+    Case("file-reserved-prefix", _named(".trainkeep_state"), UnsupportedCheckpointFileError, "reserved"),
+    Case("file-temp-suffix", _named("model.trainkeep_tmp"), UnsupportedCheckpointFileError, "reserved"),
+    Case("file-dir-named-manifest", _named(".trainkeep_manifest.json/x"), UnsupportedCheckpointFileError,
+         "reserved"),
+    Case("file-fifo", lambda c: _report_dir(c, lambda src: os.mkfifo(src / "pipe")),
+         UnsupportedCheckpointFileError, "pipe': it is a FIFO"),
+    Case("file-link-to-dev-zero", _linked("zeros", "/dev/zero"), UnsupportedCheckpointFileError,
+         "zeros': it is a character device"),
+    Case("file-symlink-loop", _linked("loop", "."), UnsupportedCheckpointFileError, "a directory that contains it"),
+    Case("file-dangling-link", _linked("gone", "/nonexistent/trainkeep"), UnsupportedCheckpointFileError,
+         "dangling symlink"),
+    Case("file-the-run-itself", lambda c: c.manager.report({"score": 1}, tk.Checkpoint.from_directory(c.run)),
+         UnsupportedCheckpointFileError, "holds a trainkeep run"),
+    Case("file-the-storage-path", lambda c: c.manager.report({"score": 1}, tk.Checkpoint.from_directory(c.root)),
+         UnsupportedCheckpointFileError, "run': it holds a trainkeep run"),
+]
+
+TABLE = SCORES + METRICS + NAMES + CONFIGS + TRAINERS + STORAGE + FILES

@@ -94,9 +94,15 @@ def test_ls_best_verify_prune_on_s3(s3_run: tuple[EngineState, str, dict[str, st
     assert verify.returncode == 1
     assert [r["checkpoint"] for r in json.loads(verify.stdout) if not r["ok"]] == [state.checkpoints[0]]
 
+    # verify marked the damaged checkpoint (here the best one) corrupt: retention neither ranks nor deletes it
     pruned = run_cli("prune", url, "--num-to-keep", "1", "--json", env=env)
     assert pruned.returncode == 0, pruned.stderr
     doomed = {r["name"] for r in json.loads(pruned.stdout) if r["action"] == "delete"}
-    assert doomed == set(state.checkpoints) - {state.best, state.checkpoints[-1]}
+    assert state.checkpoints[0] not in doomed and state.checkpoints[-1] not in doomed
     left = {Path(p).name for p in fs.ls(state.path, refresh=True)}
-    assert not doomed & left and {state.best, state.checkpoints[-1]} <= left
+    assert not doomed & left and {state.checkpoints[0], state.checkpoints[-1]} <= left
+
+    removed = run_cli("prune", url, "--corrupt", "--json", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert {r["name"] for r in json.loads(removed.stdout) if r["action"] == "delete"} == {state.checkpoints[0]}
+    assert state.checkpoints[0] not in {Path(p).name for p in fs.ls(state.path, refresh=True)}

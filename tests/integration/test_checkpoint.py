@@ -161,3 +161,21 @@ def test_repr_and_fspath(tmp_path: Path, memory_checkpoint: tk.Checkpoint) -> No
 def test_missing_directory_is_a_file_not_found_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         tk.Checkpoint.from_directory(tmp_path / "nope").to_directory()
+
+
+@pytest.mark.parametrize("store", ["local", "memory"])
+def test_to_directory_restores_a_name_of_255_bytes(run_dir: str, make_source: Callable[..., tk.Checkpoint],
+                                                   tmp_path: Path, store: str) -> None:
+    """A name at NAME_MAX commits, so it must restore: the download's temp name is not the name plus a suffix
+    (issue 14.1: before the fix to_directory failed with ENAMETOOLONG after the commit)."""
+    files = {"n" * 255: b"long", "sub/" + "é" * 127: b"long utf-8"}
+    fs = fsspec.filesystem("memory")
+    url = run_dir if store == "local" else f"memory://long-{uuid.uuid4().hex}/run"
+    with tk.CheckpointManager(url, storage_filesystem=None if store == "local" else fs) as manager:
+        committed = manager.report({"epoch": 0}, make_source(files))
+    assert committed is not None
+    assert _tree(committed.to_directory(str(tmp_path / "out"))) == files
+    assert _tree(committed.to_directory(str(tmp_path / "out"))) == files  # again, replacing the files
+    with committed.as_directory() as local:
+        assert {k: v for k, v in _tree(local).items() if k != MANIFEST_NAME} == files
+    assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".trainkeep_tmp")]

@@ -380,7 +380,8 @@ def test_a_failed_copy_leaves_the_run_as_it_was(run_dir: str, make_source: MakeS
     with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=1)) as manager:
         _report(manager, make_source, {"epoch": 0})
         broken = make_source({"model.bin": b"m", "sub/a.bin": b"a"})
-        os.symlink("/nonexistent/target", os.path.join(broken.path, "sub", "dangling.bin"))
+        # reading /proc/self/mem at offset 0 fails with EIO: a copy that fails after the scan accepted the file
+        os.symlink("/proc/self/mem", os.path.join(broken.path, "sub", "unreadable.bin"))
         before, next_round = snapshot(run_dir), manager.next_round
         with pytest.raises(OSError):
             manager.report({"epoch": 1}, broken)

@@ -73,7 +73,7 @@ def test_a_failed_async_upload_fails_the_run(loop_config, make_run, list_checkpo
     with pytest.raises(tk.TrainingFailedError) as info:
         fit(loop_config, make_run(), fn=loops.broken_async)
     assert isinstance(info.value.worker_failures[1], OSError)
-    assert "dangling" in str(info.value)
+    assert "unreadable" in str(info.value)
     assert list_checkpoint_dirs(os.path.join(make_run().storage_path, "run")) == []
 
 
@@ -100,7 +100,7 @@ def test_no_upload_outside_the_run_directory_is_a_value_error(loop_config, make_
 
 def test_deleting_a_source_that_holds_the_run_directory_is_refused(loop_config, make_run, storage):
     loop_config.update(source=os.path.dirname(storage), delete=True)
-    with pytest.raises(ValueError, match="would delete .* which holds the run directory"):
+    with pytest.raises(ValueError, match="holds a trainkeep run"):  # the scan refuses it first (issue 14.4)
         fit(loop_config, make_run(), fn=loops.report_dir, workers=1)
     assert os.path.isdir(os.path.join(storage, "run"))
 

@@ -166,13 +166,13 @@ def in_place(config: dict[str, Any]) -> None:
 
 
 def broken_async(config: dict[str, Any]) -> None:
-    """Hand a checkpoint with a dangling symlink to the ASYNC uploader on rank 1: its copy fails."""
+    """Hand a checkpoint with an unreadable file to the ASYNC uploader on rank 1: its copy fails."""
     rank = tk.get_context().get_world_rank()
     for epoch in range(config["epochs"]):
         checkpoint = None
         if rank == 1 and epoch == 1:
             checkpoint = write_checkpoint(config, rank, epoch)
-            os.symlink("/nonexistent/trainkeep-test", os.path.join(checkpoint.path, "dangling"))
+            os.symlink("/proc/self/mem", os.path.join(checkpoint.path, "unreadable"))  # read: EIO
         tk.report({"epoch": epoch}, checkpoint=checkpoint, checkpoint_upload_mode=tk.CheckpointUploadMode.ASYNC)
         log(config, f"reported rank={rank} epoch={epoch}")
 

@@ -12,9 +12,14 @@ from hypothesis import strategies as st
 
 import trainkeep as tk
 from trainkeep.layout import (
+    MAX_FILE_NAME_BYTES,
+    MAX_FILE_PATH_BYTES,
     MAX_NAME_LENGTH,
     default_checkpoint_name,
+    file_name_problem,
+    file_path_problem,
     is_reserved_file,
+    is_skipped_file,
     validate_checkpoint_name,
     validate_relative_path,
     validate_run_name,
@@ -128,3 +133,68 @@ def test_fuzz_every_name_is_refused_or_stays_inside_the_run(name: str) -> None:
     assert posixpath.normpath(joined) == joined
     assert os.path.basename(joined) == name
     assert not is_reserved_file(name)
+
+
+# ---------------------------------------------------------------------------- the names of checkpoint files
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "not a usable file name"),
+        (".", "not a usable file name"),
+        ("..", "not a usable file name"),
+        ("a\\b", "backslash"),
+        ("a\nb", "control character '\\n'"),
+        ("a\x00b", "control character"),
+        ("\x7f", "control character"),
+        ("\x9b", "control character"),
+        ("a\u2028", "control character"),
+        (os.fsdecode(b"\xff\xfe"), "not valid UTF-8 (bytes b'\\xff\\xfe')"),
+        ("é" * 128, "256 bytes long"),
+        (".trainkeep_x", "reserved"),
+        ("x.trainkeep_tmp", "reserved"),
+    ],
+)
+def test_file_names_that_cannot_round_trip_have_a_reason(name: str, reason: str) -> None:
+    problem = file_name_problem(name)
+    assert problem is not None and reason in problem
+
+
+@pytest.mark.parametrize("name", ["model.pt", "x" * MAX_FILE_NAME_BYTES, "名前 😀", " a b ", "a*b?[c]", "a:b",
+                                  ".metadata.json", ".hidden", "trainkeep_run.json", "~$#%&"])
+def test_file_names_that_round_trip_pass(name: str) -> None:
+    assert file_name_problem(name) is None
+
+
+def test_reserved_names_are_refused_for_directories_too() -> None:
+    assert file_name_problem(".trainkeep_cache", is_dir=True) is not None
+    assert file_name_problem(".trainkeep_manifest.json", is_dir=True) is not None  # would block the manifest
+    assert file_name_problem(".trainkeep_manifest.json") is None  # a manifest of ours: skipped, not refused
+
+
+def test_skipped_files_are_our_manifest_and_hidden_temp_files() -> None:
+    assert is_skipped_file(".trainkeep_manifest.json")
+    assert is_skipped_file("sub/.trainkeep_manifest.json")
+    assert is_skipped_file(".metadata.json.1234abcd.trainkeep_tmp")
+    assert is_skipped_file("deep/.0123456789abcdef.trainkeep_tmp")
+    assert not is_skipped_file("mine.trainkeep_tmp")  # refused instead: a user's file is never dropped silently
+    assert not is_skipped_file(".trainkeep_other")
+    for name in (".trainkeep_manifest.json", ".metadata.json.1234abcd.trainkeep_tmp"):
+        assert is_reserved_file(name) and file_name_problem(name) is None
+
+
+def test_long_file_paths_are_refused() -> None:
+    assert file_path_problem("a/" * (MAX_FILE_PATH_BYTES // 2 - 1) + "bb") is None
+    problem = file_path_problem("a/" * (MAX_FILE_PATH_BYTES // 2) + "b")
+    assert problem is not None and f"at most {MAX_FILE_PATH_BYTES}" in problem
+
+
+@settings(max_examples=300, derandomize=_SEED is None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(st.characters(codec="utf-8"), min_size=1, max_size=80))
+def test_fuzz_an_accepted_file_name_is_a_safe_manifest_path(name: str) -> None:
+    """What the scan accepts, the manifest's own validation accepts too (the backslash bug was a mismatch)."""
+    if file_name_problem(name) is None:
+        assert validate_relative_path(name) == name
+        assert validate_relative_path(f"dir/{name}") == f"dir/{name}"
+        assert name.isprintable() or not any(c in name for c in "\n\r\t\x0b\x0c")

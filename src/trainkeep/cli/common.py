@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -218,16 +219,51 @@ def emit_json(document: Any) -> None:
     click.echo(json.dumps(jsonable(document), indent=2, allow_nan=False))
 
 
+# C0 and C1 controls, DEL, the Unicode line separators and lone surrogates (undecodable bytes of a file name)
+_UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the undecodable byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escape_text(text: str) -> str:
+    """Return ``text`` with every character that would break a line of output written as an escape.
+
+    A newline becomes ``\\n``, a tab ``\\t``, other controls ``\\xNN`` / ``\\uNNNN``, and an undecodable
+    byte of a file name ``\\xNN``; everything else, backslashes included, is left as it is.
+    """
+    return _UNPRINTABLE_RE.sub(_escape_char, text)
+
+
+class _EscapingTable(Table):
+    """A rich Table whose text cells and headers are escaped, so that one row is always one line per cell."""
+
+    def add_column(self, header: Any = "", *args: Any, **kwargs: Any) -> None:
+        super().add_column(escape_text(header) if isinstance(header, str) else header, *args, **kwargs)
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(escape_text(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+
 def table(*headers: str) -> Table:
-    """Return a borderless table with the house look: no edge padding, headers as given."""
-    return Table(*headers, box=None, pad_edge=False, header_style="bold")
+    """Return a borderless table with the house look: no edge padding, headers as given, cells escaped."""
+    return _EscapingTable(*headers, box=None, pad_edge=False, header_style="bold")
 
 
 def render(*items: Any) -> None:
     """Print tables (rich renderables) and plain lines on stdout, without trailing spaces.
 
     The width is the terminal's, or 120 columns (or $COLUMNS) when stdout is not a terminal. No markup or
-    emoji codes are interpreted: names and metric values are shown exactly as they are ("[x]", ":smile:").
+    emoji codes are interpreted: names and metric values are shown exactly as they are ("[x]", ":smile:"),
+    except control characters, which are escaped (:func:`escape_text`) so that no name can break a row.
     """
     out = sys.stdout
     width = None
@@ -237,7 +273,7 @@ def render(*items: Any) -> None:
     console = Console(file=out, width=width, highlight=False, markup=False, emoji=False)
     for item in items:
         if isinstance(item, str):
-            click.echo(item)
+            click.echo(escape_text(item))
             continue
         with console.capture() as captured:
             console.print(item)

@@ -24,8 +24,8 @@ import fsspec
 import xxhash
 
 from trainkeep.errors import StorageError
-from trainkeep.layout import is_reserved_file
 from trainkeep.manifest import FileEntry
+from trainkeep.storage.tree import scan_source
 
 logger = logging.getLogger(__name__)
 
@@ -43,20 +43,14 @@ def list_source_files(src_dir: str) -> list[str]:
     """Return the relative paths of the user files under local directory ``src_dir`` (ours are skipped).
 
     Raises:
-        FileNotFoundError / NotADirectoryError when ``src_dir`` is not a directory.
+        FileNotFoundError / NotADirectoryError when ``src_dir`` is not a directory;
+        UnsupportedCheckpointFileError (a ValueError) for an entry that cannot be stored and restored as it is.
     """
     if not os.path.isdir(src_dir):
         if os.path.exists(src_dir):
             raise NotADirectoryError(_errno.ENOTDIR, "checkpoint path is not a directory", src_dir)
         raise FileNotFoundError(_errno.ENOENT, "checkpoint directory does not exist", src_dir)
-    out: list[str] = []
-    for root, dirs, files in os.walk(src_dir, followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            rel = os.path.relpath(os.path.join(root, name), src_dir).replace(os.sep, "/")
-            if not is_reserved_file(rel):
-                out.append(rel)
-    return out
+    return scan_source(src_dir)  # refuses what cannot round-trip (names, FIFOs, devices, loops, the run itself)
 
 
 @dataclass(frozen=True)

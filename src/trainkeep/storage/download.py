@@ -51,7 +51,8 @@ def download_tree(storage: Storage, root: str, files: list[str], dest: str,
 
     def one(rel: str) -> None:
         target = os.path.join(dest, *rel.split("/"))
-        tmp = f"{target}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+        # a short temp name: the target's own name plus a suffix could pass NAME_MAX (255 bytes)
+        tmp = os.path.join(os.path.dirname(target), f".{uuid.uuid4().hex[:16]}{TEMP_SUFFIX}")
         try:
             size, digest = storage.download(f"{root}/{rel}", tmp)
             entry = (expected or {}).get(rel)

@@ -23,6 +23,7 @@ from trainkeep.storage.base import COPY_THREADS, RunLock, Storage, holder_record
 from trainkeep.storage.fastcopy import copy_file, move_file, same_device
 from trainkeep.storage.progress import Transfer
 from trainkeep.storage.syscalls import SYSCALLS, Syscalls
+from trainkeep.storage.tree import is_linked
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class LocalStorage(Storage):
                       moved=renaming) as transfer:
             def one(rel: str) -> FileEntry:
                 src, dest = os.path.join(src_dir, rel), os.path.join(dest_dir, rel)
-                put = move_file if renaming else copy_file
+                put = move_file if renaming and not is_linked(src_dir, rel) else copy_file  # a link's target stays
                 size, digest = put(src, dest, transfer.advance, syscalls=self.syscalls)
                 return FileEntry(rel, size, digest)
 
@@ -166,7 +167,8 @@ class LocalStorage(Storage):
             self.sync_dir(os.path.join(dest_dir, sub))
         if move and not renaming:
             for rel in files:
-                self.delete_file(os.path.join(src_dir, rel))
+                if not is_linked(src_dir, rel):  # never delete a symlink's target, outside the source
+                    self.delete_file(os.path.join(src_dir, rel))
         self.record_transfer(dest_dir, transfer.stats())
         return entries
 

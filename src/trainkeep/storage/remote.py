@@ -26,6 +26,7 @@ from trainkeep.storage.parts import PartLog, ordered_part_names
 from trainkeep.storage.progress import Transfer
 from trainkeep.storage.retry import RetryPolicy, call
 from trainkeep.storage.s3 import S3Conditional, Uploader, is_s3
+from trainkeep.storage.tree import is_linked
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,8 @@ class FsspecStorage(Storage):
         if move:
             for rel in files:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(src_dir, rel))
+                    if not is_linked(src_dir, rel):  # never delete a symlink's target, outside the source
+                        os.unlink(os.path.join(src_dir, rel))
         self.record_transfer(dest_dir, transfer.stats())
         return entries
 
