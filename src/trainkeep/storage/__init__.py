@@ -31,6 +31,7 @@ from trainkeep.storage.local import FlockLock, LocalStorage
 from trainkeep.storage.remote import FsspecStorage
 from trainkeep.storage.resolution import as_fsspec, resolve, storage_for
 from trainkeep.storage.retry import RetryPolicy
+from trainkeep.storage.timeouts import Timeouts
 
 _FlockLock = FlockLock  # the names of the first release, kept for callers that used them
 _LeaseLock = LeaseLock
@@ -46,6 +47,7 @@ __all__ = [
     "RetryPolicy",
     "RunLock",
     "Storage",
+    "Timeouts",
     "TransferStats",
     "as_fsspec",
     "holder_record",

@@ -26,6 +26,7 @@ from trainkeep.storage.parts import PartLog, ordered_part_names
 from trainkeep.storage.progress import Transfer
 from trainkeep.storage.retry import RetryPolicy, call
 from trainkeep.storage.s3 import S3Conditional, Uploader, is_s3
+from trainkeep.storage.timeouts import Timeouts
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,24 @@ class FsspecStorage(Storage):
 
     Args:
         fs: the filesystem.
-        retry: how to retry transient errors (default: 6 attempts, exponential backoff from 0.25 s).
+        retry: how to retry transient errors (default: 6 attempts, exponential backoff from 0.2 s, none
+            started after ``timeouts.deadline_s``).
+        timeouts: how long to wait for the store (default: :meth:`Timeouts.from_env`); on S3 every request
+            is cancelled after ``timeouts.request_s``. See ``timeouts.py``.
+
+    Raises (from the constructor):
+        ConfigError when a ``TRAINKEEP_STORAGE_*`` variable is not a number of seconds > 0.
     """
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, fs: fsspec.AbstractFileSystem, retry: RetryPolicy | None = None,
+                 timeouts: Timeouts | None = None) -> None:
         self.fs = fs
-        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or Timeouts.from_env()
+        self.retry = retry or RetryPolicy(deadline_s=self.timeouts.deadline_s)
         self.is_object_store = bool(set(protocols(fs)) & OBJECT_STORE_PROTOCOLS)
-        self._s3 = S3Conditional(fs, self.retry) if is_s3(fs) else None
+        # s3fs's calls take fsspec's ``timeout=``: the whole call is cancelled after it (a stalled upload too)
+        self._limit: dict[str, Any] = {"timeout": self.timeouts.request_s} if is_s3(fs) else {}
+        self._s3 = S3Conditional(fs, self.retry, self.timeouts.request_s) if is_s3(fs) else None
         self._logs: dict[str, PartLog] = {}
         self._leases: list[LeaseLock] = []
         self._guard = threading.Lock()
@@ -78,16 +89,17 @@ class FsspecStorage(Storage):
 
     def exists(self, path: str) -> bool:
         self._fresh(path)
-        return self._call("stat", path, lambda: bool(self.fs.exists(path)))
+        return self._call("stat", path, lambda: bool(self.fs.exists(path, **self._limit)))
 
     def isdir(self, path: str) -> bool:
         self._fresh(path)
-        return self._call("stat", path, lambda: bool(self.fs.isdir(path)))
+        return self._call("stat", path, lambda: bool(self.fs.isdir(path, **self._limit)))
 
     def listdir(self, path: str) -> list[str]:
         self._fresh(path)
         try:
-            entries = self._call("list", path, lambda: self.fs.ls(path, detail=False), read=True)
+            entries = self._call("list", path, lambda: self.fs.ls(path, detail=False, **self._limit),
+                                 read=True)
         except (FileNotFoundError, NotADirectoryError):
             return []
         base = path.rstrip("/")
@@ -97,11 +109,11 @@ class FsspecStorage(Storage):
         self._fresh(path)
         if self._s3 is not None:  # one GET (s3fs's cat_file does a HEAD first)
             return self._s3.read(path)[0]
-        return self._call("read", path, lambda: bytes(self.fs.cat_file(path)), read=True)
+        return self._call("read", path, lambda: bytes(self.fs.cat_file(path, **self._limit)), read=True)
 
     def size(self, path: str) -> int:
         self._fresh(path)
-        return self._call("stat", path, lambda: int(self.fs.size(path)), read=True)
+        return self._call("stat", path, lambda: int(self.fs.size(path, **self._limit)), read=True)
 
     def open_read(self, path: str) -> Any:
         self._fresh(path)
@@ -147,14 +159,14 @@ class FsspecStorage(Storage):
     def put_object(self, path: str, data: bytes) -> None:
         """PUT ``data`` at ``path`` with retries, without the lease check (the lease's own writes use it)."""
         try:
-            self._call("write", path, lambda: self.fs.pipe_file(path, data))
+            self._call("write", path, lambda: self.fs.pipe_file(path, data, **self._limit))
         finally:
             self._fresh(path)
 
     def remove_object(self, path: str) -> None:
         """Delete ``path`` with retries, without the lease check; a missing object is fine."""
         try:
-            self._call("delete", path, lambda: self.fs.rm_file(path), read=True)
+            self._call("delete", path, lambda: self.fs.rm_file(path, **self._limit), read=True)
         except FileNotFoundError:
             pass
         finally:
@@ -182,7 +194,7 @@ class FsspecStorage(Storage):
         for path in paths:
             self._fence(path)
         try:
-            self._call("delete", paths[0] if paths else "", lambda: self.fs.rm(paths), read=True)
+            self._call("delete", paths[0] if paths else "", lambda: self.fs.rm(paths, **self._limit), read=True)
         except FileNotFoundError:
             pass
         finally:
@@ -194,7 +206,7 @@ class FsspecStorage(Storage):
         self._fence(path)
         self._fresh(path)
         try:
-            self._call("delete", path, lambda: self.fs.rm(path, recursive=True), read=True)
+            self._call("delete", path, lambda: self.fs.rm(path, recursive=True, **self._limit), read=True)
         except FileNotFoundError:
             pass
         finally:
@@ -209,7 +221,7 @@ class FsspecStorage(Storage):
         for sub in sorted({os.path.dirname(f) for f in files if "/" in f}):
             self.makedirs(f"{dest_dir}/{sub}")
         total = sum(os.path.getsize(os.path.join(src_dir, rel)) for rel in files)
-        uploader = Uploader(self.fs, self.retry) if is_s3(self.fs) else None
+        uploader = Uploader(self.fs, self.retry, self.timeouts.request_s) if is_s3(self.fs) else None
         try:
             with Transfer(f"uploading {dest_dir.rsplit('/', 1)[-1]}", total, len(files)) as transfer:
                 def one(rel: str) -> FileEntry:
