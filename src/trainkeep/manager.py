@@ -43,7 +43,7 @@ from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.retention import Decision, Record, best_checkpoints, decide
 from trainkeep.run import RunState, is_run, read_history, read_manifest, read_run, verify_checkpoint
 from trainkeep.storage import Storage, list_source_files, resolve
-from trainkeep.storage.base import format_bytes
+from trainkeep.storage.base import TransferStats, format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +195,11 @@ class CheckpointManager:
                 files = list_source_files(src)
                 dest = self.stage(name)
                 try:
-                    entries = self.storage.put_tree(src, dest, files)
+                    put = self.storage.put_tree(src, dest, files)
                 except BaseException:
                     self.abort(name)
                     raise
-            return self.commit(name, clean, entries)
+            return self.commit(name, clean, put.entries, put.stats)
 
     def validate_report(
         self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None, checkpoint_dir_name: str | None
@@ -264,8 +264,11 @@ class CheckpointManager:
             except OSError as exc:
                 logger.warning("could not remove the debris of %s (%s); the next open sweeps it", name, exc)
 
-    def commit(self, name: str, metrics: dict[str, Any], files: list[FileEntry]) -> Checkpoint:
+    def commit(self, name: str, metrics: dict[str, Any], files: list[FileEntry],
+               transfer: TransferStats | None = None) -> Checkpoint:
         """Commit the staged checkpoint ``name`` whose ``files`` are all written, then apply retention.
+
+        ``transfer`` (what ``put_tree`` returned, when this process wrote the files) goes into the log line.
 
         Steps: make the directory durable, write the manifest (the commit point), append the history row,
         replace the index, drop the intent, run retention. A failure before the manifest removes the staged
@@ -282,7 +285,6 @@ class CheckpointManager:
             self._write_index(self._state)
             storage.delete_file(storage.join(self.path, INTERNAL_DIR, intent_name(name)))
             self._apply_retention()
-            transfer = storage.pop_transfer(dest)
             logger.log(logging.DEBUG if transfer and transfer.showed_progress else logging.INFO,
                        "committed checkpoint %s of run %s: %s", name, self.path,
                        transfer.describe() if transfer else format_bytes(manifest.size))

@@ -15,6 +15,7 @@ from trainkeep.errors import CorruptRunError, IncompatibleRunError, RunNotFoundE
 from trainkeep.layout import (
     HISTORY_NAME,
     INTERNAL_DIR,
+    LOG_PARTS_SUFFIX,
     MANIFEST_NAME,
     METADATA_NAME,
     RUN_INDEX_NAME,
@@ -22,7 +23,6 @@ from trainkeep.layout import (
 )
 from trainkeep.manifest import IndexEntry, Manifest, RunIndex, parse_history, parse_manifest, parse_run_index
 from trainkeep.storage import Storage, iter_files
-from trainkeep.storage.base import LOG_PARTS_SUFFIX
 
 logger = logging.getLogger(__name__)
 

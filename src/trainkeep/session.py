@@ -199,7 +199,7 @@ class Session:
         k, plan, dest = job
         assert plan.src is not None and plan.files is not None
         # handing the files over (a rename on the same filesystem) is how a source that goes away is uploaded
-        entries = self._storage.put_tree(plan.src, dest, plan.files, move=plan.delete_src)
+        entries = self._storage.put_tree(plan.src, dest, plan.files, move=plan.delete_src).entries
         if plan.delete_src:
             try:
                 shutil.rmtree(plan.src)

@@ -20,9 +20,18 @@ from typing import Any, TypeVar
 import fsspec
 
 from trainkeep.manifest import FileEntry
-from trainkeep.storage.base import CHUNK_SIZE, COPY_THREADS, LOG_PARTS_SUFFIX, RunLock, Storage, new_hasher
+from trainkeep.storage.base import (
+    CHUNK_SIZE,
+    COPY_THREADS,
+    PutResult,
+    Storage,
+    copy_stream,
+    hash_stream,
+    new_hasher,
+)
 from trainkeep.storage.lease import EmulatedConditional, LeaseLock
-from trainkeep.storage.parts import PartLog, ordered_part_names
+from trainkeep.storage.locking import RunLock
+from trainkeep.storage.parts import PartLog, read_log
 from trainkeep.storage.progress import Transfer
 from trainkeep.storage.retry import RetryPolicy, call
 from trainkeep.storage.s3 import S3Conditional, Uploader, is_s3
@@ -115,33 +124,30 @@ class FsspecStorage(Storage):
         self._fresh(path)
         return self._call("stat", path, lambda: int(self.fs.size(path, **self._limit)), read=True)
 
-    def open_read(self, path: str) -> Any:
+    def _open(self, path: str) -> Any:
         self._fresh(path)
         kwargs: dict[str, Any] = {"block_size": CHUNK_SIZE, "cache_type": "none"} if is_s3(self.fs) else {}
-        return self._call("open", path, lambda: self.fs.open(path, "rb", **kwargs), read=True)
+        return self.fs.open(path, "rb", **kwargs)
 
     def checksum(self, path: str) -> tuple[int, str]:
-        return self._call("read", path, lambda: Storage.checksum(self, path), read=True)
+        """Stream ``path`` through the hasher; retried whole on errors."""
+        def attempt() -> tuple[int, str]:
+            with self._open(path) as f:
+                return hash_stream(f)
 
-    def get_file(self, src: str, local_dest: str) -> None:
-        self._fresh(src)
-        self._call("download", src, lambda: self.fs.get_file(src, local_dest), read=True)
+        return self._call("read", path, attempt, read=True)
 
     def download(self, src: str, local_dest: str) -> tuple[int, str]:
         """Stream ``src`` into new local file ``local_dest``, hashing as it goes; retried whole on errors."""
-        return self._call("download", src, lambda: Storage.download(self, src, local_dest), read=True)
+        def attempt() -> tuple[int, str]:
+            with self._open(src) as f:
+                return copy_stream(f, local_dest)
 
-    def read_log_parts(self, path: str) -> list[bytes]:
-        """Read the parts of log ``path`` in parallel, in log order (re-listing if a merge races us)."""
-        directory = path + LOG_PARTS_SUFFIX
-        for _ in range(3):
-            names = ordered_part_names(self.listdir(directory))
-            try:
-                with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-                    return list(pool.map(lambda n: self.read_bytes(f"{directory}/{n}"), names))
-            except FileNotFoundError:
-                continue
-        return Storage.read_log_parts(self, path)
+        return self._call("download", src, attempt, read=True)
+
+    def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
+        """Read the log at ``path``, its parts in parallel (see ``parts.read_log``)."""
+        return read_log(self, path, threads=READ_THREADS)
 
     # ------------------------------------------------------------------------------------------ writes
 
@@ -189,18 +195,6 @@ class FsspecStorage(Storage):
         self._fence(path)
         self.remove_object(path)
 
-    def delete_files(self, paths: list[str]) -> None:
-        """Delete several files (one bulk request on S3); missing ones are not an error."""
-        for path in paths:
-            self._fence(path)
-        try:
-            self._call("delete", paths[0] if paths else "", lambda: self.fs.rm(paths, **self._limit), read=True)
-        except FileNotFoundError:
-            pass
-        finally:
-            for path in paths:
-                self._fresh(path)
-
     def delete_tree(self, path: str) -> None:
         """Delete every object under ``path``; a crash inside leaves some of them (deleting again finishes)."""
         self._fence(path)
@@ -212,7 +206,7 @@ class FsspecStorage(Storage):
         finally:
             self._fresh(path)
 
-    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> list[FileEntry]:
+    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> PutResult:
         """Upload ``files`` in parallel, streaming each (S3: multipart, parts in parallel), checksum as read.
 
         If the process dies inside, ``dest_dir`` holds some whole objects and no manifest: debris.
@@ -240,8 +234,7 @@ class FsspecStorage(Storage):
             for rel in files:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(src_dir, rel))
-        self.record_transfer(dest_dir, transfer.stats())
-        return entries
+        return PutResult(entries, transfer.stats())
 
     def _stream_put(self, src: str, dest: str, progress: Callable[[int], None]) -> tuple[int, str]:
         if self.exists(dest):  # not atomic with the write: this fs offers no create-only write

@@ -144,7 +144,7 @@ def report_async(manager: CheckpointManager, storage: Storage, metrics: dict[str
     dest = manager.stage(name)
     entries: list[Any] = []
     failures: list[BaseException] = []
-    uploader = AsyncUploader(lambda job: entries.extend(storage.put_tree(src, dest, files, move=True)),
+    uploader = AsyncUploader(lambda job: entries.extend(storage.put_tree(src, dest, files, move=True).entries),
                              failures.append)
     uploader.submit(name)
     uploader.close()
