@@ -155,3 +155,19 @@ def test_fsspec_configuration_wins_over_our_client_defaults(monkeypatch):
     options = s3_options(Timeouts(connect_s=3))["config_kwargs"]
     assert options["read_timeout"] == 99 and options["connect_timeout"] == 3
     assert options["retries"] == {"mode": "standard", "total_max_attempts": 1}
+
+
+def test_a_worker_gets_the_same_client_settings_as_the_driver(monkeypatch, moto_endpoint):
+    """A filesystem pickled to a worker process loses its attributes; storage_for sets them again."""
+    import pickle
+
+    from trainkeep.storage import resolve, storage_for
+
+    point_s3_at(monkeypatch, moto_endpoint)
+    driver, _ = resolve(f"s3://tk-{uuid.uuid4().hex[:8]}/run")
+    assert driver.fs.retries == 1 and driver.fs.config_kwargs["read_timeout"] == Timeouts().read_s
+    type(driver.fs).clear_instance_cache()  # as in a fresh worker process
+    copy = pickle.loads(pickle.dumps(driver.fs))
+    assert copy is not driver.fs and copy.retries == type(copy).retries  # s3fs's default again
+    worker = storage_for(copy)
+    assert worker.fs.retries == 1 and worker.fs.config_kwargs == driver.fs.config_kwargs

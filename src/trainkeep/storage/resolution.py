@@ -15,6 +15,7 @@ from trainkeep.storage.s3 import is_s3
 from trainkeep.storage.timeouts import Timeouts
 
 S3_PROTOCOLS = ("s3", "s3a")
+ONE_ATTEMPT = Timeouts().botocore_config()["retries"]
 
 
 def resolve(path: str | os.PathLike, filesystem: Any = None) -> tuple[Storage, str]:
@@ -39,8 +40,6 @@ def resolve(path: str | os.PathLike, filesystem: Any = None) -> tuple[Storage, s
         return storage_for(fs), str(stripped).rstrip("/") or "/"
     timeouts = Timeouts.from_env()
     fs, stripped = fsspec.core.url_to_fs(url, **s3_options(timeouts))
-    if is_s3(fs):
-        fs.retries = 1  # s3fs's own retry loop (5 tries); ours retries instead, under a deadline
     return storage_for(fs, timeouts), str(stripped).rstrip("/") or "/"
 
 
@@ -67,6 +66,10 @@ def storage_for(fs: fsspec.AbstractFileSystem, timeouts: Timeouts | None = None)
 
     if isinstance(fs, LocalFileSystem):
         return LocalStorage()
+    if is_s3(fs) and (getattr(fs, "config_kwargs", None) or {}).get("retries") == ONE_ATTEMPT:
+        # botocore told to try once (as we build it, also after pickling to a worker, which drops attributes):
+        # s3fs's own loop (5 tries) goes too, so that only ours retries, under its deadline
+        fs.retries = 1
     return FsspecStorage(fs, timeouts=timeouts)
 
 

@@ -12,8 +12,9 @@ A store that does not answer must fail the run, not hang it. Four bounds, each c
 On the s3fs filesystems that trainkeep builds from a URL the first two become botocore's ``connect_timeout``
 and ``read_timeout``, and botocore's and s3fs's own retries are turned off (``retries`` ``standard`` mode
 with one attempt, ``S3FileSystem.retries = 1``) so that retrying happens in one place, ours, under the
-deadline. A filesystem the user passes in is not changed: its client keeps its own settings, and only
-``request_s`` and ``deadline_s`` bound it. Each bound is read from an environment variable (so it reaches
+deadline. A filesystem the user passes in is not changed (except that s3fs's retries go too when its
+botocore retries are already one attempt): its client keeps its own settings, and only ``request_s`` and
+``deadline_s`` bound it. Each bound is read from an environment variable (so it reaches
 worker processes too) or given explicitly to :class:`~trainkeep.storage.FsspecStorage`.
 """
 
