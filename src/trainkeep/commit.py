@@ -27,6 +27,7 @@ from trainkeep.errors import CheckpointExistsError, TrainkeepError
 from trainkeep.layout import INTERNAL_DIR, MANIFEST_NAME, intent_name
 from trainkeep.manifest import FileEntry, Manifest, encode
 from trainkeep.storage import Storage
+from trainkeep.storage.base import TransferStats
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ def check_name_free(storage: Storage, run_path: str, name: str, committed: Conta
 class CommitOwner(Protocol):
     """What a staged checkpoint asks of the manager that staged it."""
 
-    def _commit_staged(self, staged: StagedCheckpoint, metrics: dict[str, Any],
-                       entries: list[FileEntry]) -> Checkpoint: ...
+    def _commit_staged(self, staged: StagedCheckpoint, metrics: dict[str, Any], entries: list[FileEntry],
+                       transfer: TransferStats | None) -> Checkpoint: ...
 
     def _abort_staged(self, staged: StagedCheckpoint) -> None: ...
 
@@ -82,7 +83,8 @@ class StagedCheckpoint:
         self._owner, self._storage, self._run_path = owner, storage, run_path
         self._intent = storage.join(run_path, INTERNAL_DIR, intent_name(name))
 
-    def commit(self, metrics: dict[str, Any], entries: list[FileEntry]) -> Checkpoint:
+    def commit(self, metrics: dict[str, Any], entries: list[FileEntry],
+               transfer: TransferStats | None = None) -> Checkpoint:
         """Commit the checkpoint whose ``entries`` (every file, with size and checksum) are written and fsynced.
 
         ``metrics`` must be normalised already (``CheckpointManager.validate_report``). Returns the committed
@@ -94,7 +96,7 @@ class StagedCheckpoint:
             StorageError when storage fails: before the manifest the round is aborted (nothing new visible),
             after it the checkpoint stays committed.
         """
-        return self._owner._commit_staged(self, metrics, entries)
+        return self._owner._commit_staged(self, metrics, entries, transfer)
 
     def abort(self) -> None:
         """Remove the staged directory and its intent record (a failed or discarded round).

@@ -5,6 +5,7 @@ Layout of a run::
     <storage_path>/<name>/
       trainkeep_run.json            the run index (a cache: rebuilt from manifests when missing or corrupt)
       history.jsonl                 one JSON line per completed round, append-only
+      history.jsonl.parts/          the same log on stores that cannot append: one object per flush
       .trainkeep/lock               the single-writer lock
       .trainkeep/intent-<ckpt>.json the record that a checkpoint directory is being written by us
       <checkpoint name>/            the workers' files
@@ -25,6 +26,7 @@ LOCK_NAME = "lock"
 MANIFEST_NAME = ".trainkeep_manifest.json"
 INTENT_PREFIX = "intent-"
 TEMP_SUFFIX = ".trainkeep_tmp"
+LOG_PARTS_SUFFIX = ".parts"  # <log>.parts/ holds the parts of a log on stores that cannot append
 METADATA_NAME = ".metadata.json"
 MAX_NAME_LENGTH = 100
 MAX_NAME_BYTES = 200  # in UTF-8: with the intent record's prefix, suffix and temp suffix, within NAME_MAX (255)

@@ -40,7 +40,7 @@ from trainkeep.opening import delete_checkpoint, open_run, prepare_run_dir
 from trainkeep.retention import Decision
 from trainkeep.run import RunState, choose_resume, decide_retention, read_history
 from trainkeep.storage import Storage, list_source_files, resolve
-from trainkeep.storage.base import format_bytes
+from trainkeep.storage.base import TransferStats, format_bytes
 from trainkeep.views import RunViews
 
 logger = logging.getLogger(__name__)
@@ -134,12 +134,12 @@ class CheckpointManager(RunViews):
                 staged = self._stage_checked(name)
                 # 3. copy the files (fsynced by put_tree); a failure removes what was staged
                 try:
-                    entries = self.storage.put_tree(src, staged.path, files)
+                    put = self.storage.put_tree(src, staged.path, files)
                 except BaseException:
                     staged.abort()
                     raise
             # 4.-7. the commit point, the index and history, retention
-            return staged.commit(clean, entries)
+            return staged.commit(clean, put.entries, put.stats)
 
     def validate_report(
         self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None, checkpoint_dir_name: str | None
@@ -207,7 +207,8 @@ class CheckpointManager(RunViews):
             if staged is not None:
                 staged.abort()
 
-    def commit(self, name: str, metrics: dict[str, Any], files: list[FileEntry]) -> Checkpoint:
+    def commit(self, name: str, metrics: dict[str, Any], files: list[FileEntry],
+               transfer: TransferStats | None = None) -> Checkpoint:
         """Commit the staged checkpoint ``name`` (see :meth:`StagedCheckpoint.commit`).
 
         Raises:
@@ -217,10 +218,10 @@ class CheckpointManager(RunViews):
             staged = self._staging.get(name)
             if staged is None:
                 raise TrainkeepError(f"checkpoint {name!r} of run {self.path} is not staged; stage(name) first")
-            return staged.commit(metrics, files)
+            return staged.commit(metrics, files, transfer)
 
-    def _commit_staged(self, staged: StagedCheckpoint, metrics: dict[str, Any],
-                       files: list[FileEntry]) -> Checkpoint:
+    def _commit_staged(self, staged: StagedCheckpoint, metrics: dict[str, Any], files: list[FileEntry],
+                       transfer: TransferStats | None) -> Checkpoint:
         """Commit ``staged``: the manifest, then the index and history, the intent record, retention."""
         with self._mutex:
             self._check_open()
@@ -240,7 +241,7 @@ class CheckpointManager(RunViews):
             # 3. the intent record goes, then 4. retention
             staged.finish()
             self._apply_retention()
-            self._log_commit(staged, manifest)
+            self._log_commit(staged, manifest, transfer)
             return Checkpoint(staged.path, self.storage.fs)
 
     def _abort_staged(self, staged: StagedCheckpoint) -> None:
@@ -249,8 +250,7 @@ class CheckpointManager(RunViews):
                 del self._staging[staged.name]
                 staged.remove()
 
-    def _log_commit(self, staged: StagedCheckpoint, manifest: Manifest) -> None:
-        transfer = self.storage.pop_transfer(staged.path)
+    def _log_commit(self, staged: StagedCheckpoint, manifest: Manifest, transfer: TransferStats | None) -> None:
         logger.log(logging.DEBUG if transfer and transfer.showed_progress else logging.INFO,
                    "committed checkpoint %s of run %s: %s", staged.name, self.path,
                    transfer.describe() if transfer else format_bytes(manifest.size))

@@ -26,6 +26,7 @@ from trainkeep.errors import (
 from trainkeep.layout import (
     HISTORY_NAME,
     INTERNAL_DIR,
+    LOG_PARTS_SUFFIX,
     MANIFEST_NAME,
     METADATA_NAME,
     RUN_INDEX_NAME,
@@ -44,7 +45,6 @@ from trainkeep.manifest import (
 )
 from trainkeep.retention import Decision, decide, decide_corrupt
 from trainkeep.storage import Storage, iter_files
-from trainkeep.storage.base import LOG_PARTS_SUFFIX
 
 logger = logging.getLogger(__name__)
 

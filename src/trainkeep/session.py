@@ -205,7 +205,7 @@ class Session:
         assert plan.src is not None and plan.files is not None
         share = plan.files if dest.files is None else dest.files
         # handing the files over (a rename on the same filesystem) is how a source that goes away is uploaded
-        entries = self._storage.put_tree(plan.src, dest.path, share, move=plan.delete_src) if share else []
+        entries = self._storage.put_tree(plan.src, dest.path, share, move=plan.delete_src).entries if share else []
         uploaded = set(share)
         skipped = [FileEntry(rel, *hash_file(os.path.join(plan.src, rel))) for rel in plan.files if rel not in uploaded]
         if plan.delete_src:

@@ -1,5 +1,6 @@
 """An HTTP proxy on 127.0.0.1 that forwards to the moto server and injects real faults on chosen requests:
-HTTP error responses with an S3 error body (503 SlowDown, 403 AccessDenied...) or a reset connection.
+HTTP error responses with an S3 error body (503 SlowDown, 403 AccessDenied...), a reset connection, or a
+stall (read the first ``stall_after`` bytes of the body, then neither read more nor answer until closed).
 
 Loaded by tests/conformance/conftest.py (``fault_proxy`` fixture); not a test module.
 """
@@ -21,10 +22,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 @dataclass
 class Fault:
     method: str  # "PUT", "GET", ... or "*"
-    kind: str  # "reset" or an HTTP status such as "503"
+    kind: str  # "reset", "stall" or an HTTP status such as "503"
     code: str = "SlowDown"
     times: int = 1
     match: str = ""  # only requests whose path (with query) contains this
+    stall_after: int = 0  # "stall": the body bytes read before the proxy stops reading
 
 
 class FaultProxy:
@@ -35,6 +37,7 @@ class FaultProxy:
         self.faults: deque[Fault] = deque()
         self.log: list[tuple[str, str, str]] = []  # (method, path, "ok" | fault kind)
         self._guard = threading.Lock()
+        self.closing = threading.Event()  # releases stalled requests
         proxy = self
 
         class Handler(_Handler):
@@ -49,9 +52,10 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def fail(self, method: str, kind: str, times: int = 1, code: str = "SlowDown", match: str = "") -> None:
+    def fail(self, method: str, kind: str, times: int = 1, code: str = "SlowDown", match: str = "",
+             stall_after: int = 0) -> None:
         with self._guard:
-            self.faults.append(Fault(method, kind, code, times, match))
+            self.faults.append(Fault(method, kind, code, times, match, stall_after))
 
     def take(self, method: str, path: str) -> Fault | None:
         with self._guard:
@@ -65,6 +69,7 @@ class FaultProxy:
         return sum(1 for m, _, o in self.log if m == method and (outcome is None or o == outcome))
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -88,9 +93,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _handle(self) -> None:
-        body = self._body()
         fault = self.owner.take(self.command, self.path)
         self.owner.log.append((self.command, self.path, fault.kind if fault else "ok"))
+        if fault is not None and fault.kind == "stall":
+            self.rfile.read(fault.stall_after)  # then stop reading: the client's send buffer fills and blocks
+            self.owner.closing.wait()
+            self.close_connection = True
+            return
+        body = self._body()
         if fault is not None and fault.kind == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True

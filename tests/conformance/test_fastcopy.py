@@ -81,10 +81,10 @@ def test_put_tree_move_across_filesystems_copies_then_deletes(tmp_path):
             f.write(b"weights")
         (tmp_path / "ck").mkdir()
         storage = LocalStorage()
-        entries = storage.put_tree(src, str(tmp_path / "ck"), ["m.bin"], move=True)
-        assert entries[0].checksum == xxhash.xxh3_128(b"weights").hexdigest()
+        put = storage.put_tree(src, str(tmp_path / "ck"), ["m.bin"], move=True)
+        assert put.entries[0].checksum == xxhash.xxh3_128(b"weights").hexdigest()
         assert not os.path.exists(os.path.join(src, "m.bin"))
-        assert storage.pop_transfer(str(tmp_path / "ck")).moved is False
+        assert put.stats.moved is False
     assert (tmp_path / "ck" / "m.bin").read_bytes() == b"weights"
 
 

@@ -90,3 +90,26 @@ def test_reads_pass_a_missing_object_through():
     with pytest.raises(FileNotFoundError) as info:
         call("read", "b/k", fn, RetryPolicy(sleep=lambda s: None), read=True)
     assert not isinstance(info.value, StorageError) and calls == [1]
+
+
+def test_no_retry_starts_after_the_deadline_however_many_attempts_are_left():
+    now = [0.0]
+
+    def slow_failure() -> str:
+        now[0] += 7.0  # each attempt takes 7 s to time out
+        raise ReadTimeoutError(endpoint_url="http://x")
+
+    sleeps: list[float] = []
+    policy = RetryPolicy(attempts=100, base_s=0.01, cap_s=0.01, deadline_s=20.0, sleep=sleeps.append,
+                         clock=lambda: now[0])
+    with pytest.raises(StorageError, match=r"after 3 attempts in 21.0 s"):
+        call("read", "b/k", slow_failure, policy)
+    assert len(sleeps) == 2  # attempts at 0, 7 and 14 s; a fourth would start after 21 s > 20 s
+
+
+def test_a_request_that_times_out_says_so():
+    from fsspec.exceptions import FSTimeoutError
+
+    fn, _ = failing([FSTimeoutError()])
+    with pytest.raises(StorageError, match="no answer in time"):
+        call("write", "b/k", fn, RetryPolicy(attempts=1))

@@ -53,7 +53,9 @@ def test_put_tree_returns_sizes_and_checksums_of_what_it_stored(backend, make_fi
     files = {"model.bin": os.urandom(17 * 1024 * 1024 + 17), "empty.bin": b"", "sub/x.txt": b"x" * 1000}
     src = make_files(files)
     storage.makedirs(f"{root}/ck")
-    entries = {e.path: e for e in storage.put_tree(src, f"{root}/ck", sorted(files))}
+    put = storage.put_tree(src, f"{root}/ck", sorted(files))
+    entries = {e.path: e for e in put.entries}
+    assert (put.stats.nbytes, put.stats.files) == (sum(map(len, files.values())), len(files))
     for rel, data in files.items():
         assert (entries[rel].size, entries[rel].checksum) == (len(data), digest(data))
         assert storage.read_bytes(f"{root}/ck/{rel}") == data
@@ -76,7 +78,7 @@ def test_put_tree_move_consumes_the_source_and_keeps_checksums(backend, make_fil
     files = {"model.bin": os.urandom(2 * 1024 * 1024), "sub/opt.bin": b"optimizer"}
     src = make_files(files)
     storage.makedirs(f"{root}/ck")
-    entries = {e.path: e for e in storage.put_tree(src, f"{root}/ck", sorted(files), move=True)}
+    entries = {e.path: e for e in storage.put_tree(src, f"{root}/ck", sorted(files), move=True).entries}
     for rel, data in files.items():
         assert entries[rel].checksum == digest(data)
         assert storage.read_bytes(f"{root}/ck/{rel}") == data

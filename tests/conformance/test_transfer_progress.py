@@ -22,8 +22,7 @@ src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
 with open(os.path.join(src, "m.bin"), "wb") as f:
     f.write(os.urandom(4 << 20))
 storage = LocalStorage()
-storage.put_tree(src, dest, ["m.bin"])
-print("showed", storage.pop_transfer(dest).showed_progress)
+print("showed", storage.put_tree(src, dest, ["m.bin"]).stats.showed_progress)
 """
 
 

@@ -27,7 +27,7 @@ def _fill(manager: tk.CheckpointManager, staged: StagedCheckpoint, tmp_path: Pat
     src = tmp_path / f"src-{staged.name}-{len(os.listdir(tmp_path))}"
     src.mkdir()
     (src / "model.bin").write_bytes(data)
-    return manager.storage.put_tree(str(src), staged.path, ["model.bin"])
+    return manager.storage.put_tree(str(src), staged.path, ["model.bin"]).entries
 
 
 def _intent(run_dir: str, name: str) -> Path:

@@ -188,7 +188,7 @@ def test_a_handed_over_source_never_moves_or_deletes_a_symlinks_target(source: P
     storage: Storage = LocalStorage() if store == "local" else FsspecStorage(fsspec.filesystem("memory"))
     dest = str(tmp_path / "dest") if store == "local" else f"/handover-{tmp_path.name}"
     storage.makedirs(dest)
-    entries = storage.put_tree(str(source), dest, list_source_files(str(source)), move=True)
+    entries = storage.put_tree(str(source), dest, list_source_files(str(source)), move=True).entries
     assert {e.path for e in entries} == {"model.bin", "sub/state.bin", "linked_dir/a.bin", "linked_dir/b.bin",
                                         "linked_file"}
     assert _tree(str(outside)) == {"a.bin": b"a", "b.bin": b"b"}  # the user's files are where they were

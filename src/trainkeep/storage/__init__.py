@@ -7,7 +7,8 @@ Two implementations share one small surface (``base.py``):
 * :class:`FsspecStorage` (``remote.py``) works on any fsspec filesystem (``s3://``, ``gs://``, ``memory://``,
   a wrapped pyarrow filesystem). On object stores there is no rename: a single PUT of a whole object is the
   atomic step. Remote calls are retried (``retry.py``), S3 uploads are parallel multipart (``s3.py``), logs
-  are kept in parts (``parts.py``) and the run lock is a lease (``lease.py``).
+  are kept in parts (``parts.py``, which also reads every log) and the run lock is a lease (``lease.py``; what
+  every lock shares is in ``locking.py``). How long to wait for a remote store is ``timeouts.py``.
 
 The manager is written against this surface only, so a wrapper (see ``trainkeep.testing``) can count, record
 or fail any operation. See docs/storage.md for the guarantees of each backend.
@@ -18,23 +19,20 @@ from __future__ import annotations
 from trainkeep.storage.base import (
     CHUNK_SIZE,
     COPY_THREADS,
-    RunLock,
+    PutResult,
     Storage,
     TransferStats,
-    holder_record,
     iter_files,
     list_source_files,
     new_hasher,
 )
 from trainkeep.storage.lease import LeaseLock
 from trainkeep.storage.local import FlockLock, LocalStorage
+from trainkeep.storage.locking import RunLock, holder_record
 from trainkeep.storage.remote import FsspecStorage
 from trainkeep.storage.resolution import as_fsspec, resolve, storage_for
 from trainkeep.storage.retry import RetryPolicy
-
-_FlockLock = FlockLock  # the names of the first release, kept for callers that used them
-_LeaseLock = LeaseLock
-_as_fsspec = as_fsspec
+from trainkeep.storage.timeouts import Timeouts
 
 __all__ = [
     "CHUNK_SIZE",
@@ -43,9 +41,11 @@ __all__ = [
     "FsspecStorage",
     "LeaseLock",
     "LocalStorage",
+    "PutResult",
     "RetryPolicy",
     "RunLock",
     "Storage",
+    "Timeouts",
     "TransferStats",
     "as_fsspec",
     "holder_record",

@@ -1,9 +1,9 @@
 """The surface every storage backend offers, and the helpers shared by all of them.
 
-Why this surface and no more: the manager needs whole-object writes that are atomic (the commit point), a
-way to copy a directory in with checksums, listing, deletion, an append-only log, and a single-writer lock.
-Everything else (rename, partial writes, directory semantics) differs too much between a local disk and an
-object store to be relied on, so the manager never asks for it. Paths are plain '/'-separated strings, never
+Why this surface and no more: a run needs whole-object writes that are atomic (the commit point), a way to
+copy a directory in with checksums and to copy files back out verified, listing, deletion, an append-only
+log, and a single-writer lock. Everything else (rename, partial writes, directory semantics) differs too much
+between a local disk and an object store to be relied on, so no caller asks for it. Paths are plain '/'-separated strings, never
 ``pathlib`` objects, because a ``Path`` would collapse the ``//`` of ``s3://``.
 """
 
@@ -12,9 +12,6 @@ from __future__ import annotations
 import errno as _errno
 import logging
 import os
-import socket
-import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +22,13 @@ import xxhash
 
 from trainkeep.errors import StorageError
 from trainkeep.manifest import FileEntry
+from trainkeep.storage.locking import RunLock
 from trainkeep.storage.tree import scan_source
 
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 8 * 1024 * 1024
 COPY_THREADS = 4
-LOG_PARTS_SUFFIX = ".parts"
 
 
 def new_hasher() -> Any:
@@ -79,8 +76,22 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class PutResult:
+    """What one ``put_tree`` stored: the manifest entries of its files, and the statistics of the transfer."""
+
+    entries: list[FileEntry]
+    stats: TransferStats
+
+
 class Storage(ABC):
-    """The operations trainkeep needs from a filesystem. Paths are absolute, '/'-separated strings."""
+    """The operations trainkeep needs from a filesystem. Paths are absolute, '/'-separated strings.
+
+    Reads: ``exists``, ``isdir``, ``listdir``, ``size``, ``read_bytes``, ``read_log``, ``checksum``,
+    ``download``. Writes: ``makedirs``, ``write_atomic`` (the commit point), ``put_tree`` (a checkpoint's
+    files), ``append`` and ``truncate`` (the history log), ``delete_file``, ``delete_tree``, ``sync_dir``.
+    And ``lock``, the single writer.
+    """
 
     fs: fsspec.AbstractFileSystem
     is_local: bool = False
@@ -99,17 +110,50 @@ class Storage(ABC):
         """Return the entry names in directory ``path`` ([] when it does not exist), fresh from storage."""
 
     @abstractmethod
-    def makedirs(self, path: str) -> None: ...
+    def size(self, path: str) -> int: ...
 
     @abstractmethod
     def read_bytes(self, path: str) -> bytes:
         """Return the content of ``path``. Raises FileNotFoundError when missing, StorageError otherwise."""
 
     @abstractmethod
+    def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
+        """Return the log at ``path``: the appended file's bytes (b"" when absent) and its parts, in order.
+
+        Parts exist where the backend cannot append (object stores; see ``parts.py``); a local log has none
+        unless it was copied from one.
+        """
+
+    @abstractmethod
+    def checksum(self, path: str) -> tuple[int, str]:
+        """Return the size and checksum of a stored file, read in chunks."""
+
+    @abstractmethod
+    def download(self, src: str, local_dest: str) -> tuple[int, str]:
+        """Copy stored file ``src`` to a new local file ``local_dest`` in one pass; return its size and checksum.
+
+        A crash inside leaves a partial ``local_dest``; storage is not changed.
+        """
+
+    @abstractmethod
+    def makedirs(self, path: str) -> None: ...
+
+    @abstractmethod
     def write_atomic(self, path: str, data: bytes) -> None:
         """Replace ``path`` with ``data`` so that a reader sees the old or the new content, never a mix.
 
         On return the new content is durable. A crash inside leaves the old content and maybe a temp file.
+        """
+
+    @abstractmethod
+    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> PutResult:
+        """Copy ``files`` (relative paths) from local ``src_dir`` into ``dest_dir``, checksumming as it goes.
+
+        With ``move`` the source is handed over: on return its listed files are gone from ``src_dir``
+        (renamed where it lies on the same filesystem, copied then deleted otherwise).
+        A file that already exists at the destination is an error (FileExistsError), never overwritten.
+        On return every copied file is durable; the caller makes the directory entries durable.
+        If the process dies inside, ``dest_dir`` holds some files and no manifest: debris for the sweep.
         """
 
     @abstractmethod
@@ -134,125 +178,28 @@ class Storage(ABC):
         """Make the entries of directory ``path`` durable (a no-op where the store has no directories)."""
 
     @abstractmethod
-    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> list[FileEntry]:
-        """Copy ``files`` (relative paths) from local ``src_dir`` into ``dest_dir``, checksumming as it goes.
-
-        With ``move`` the source is handed over: on return its listed files are gone from ``src_dir``
-        (renamed where it lies on the same filesystem, copied then deleted otherwise).
-        A file that already exists at the destination is an error (FileExistsError), never overwritten.
-        On return every copied file is durable; the caller makes the directory entries durable.
-        If the process dies inside, ``dest_dir`` holds some files and no manifest: debris for the sweep.
-        """
-
-    @abstractmethod
-    def open_read(self, path: str) -> Any: ...
-
-    @abstractmethod
-    def get_file(self, src: str, local_dest: str) -> None:
-        """Copy one file from storage to local path ``local_dest``."""
-
-    @abstractmethod
-    def size(self, path: str) -> int: ...
-
-    @abstractmethod
     def lock(self, path: str) -> RunLock:
         """Take the single-writer lock whose record lives at ``path``. Raises RunLockedError naming the holder."""
 
-    def checksum(self, path: str) -> tuple[int, str]:
-        """Return the size and checksum of a stored file, read in chunks."""
-        hasher, size = new_hasher(), 0
-        with self.open_read(path) as f:
-            while chunk := f.read(CHUNK_SIZE):
-                hasher.update(chunk)
-                size += len(chunk)
-        return size, hasher.hexdigest()
 
-    def download(self, src: str, local_dest: str) -> tuple[int, str]:
-        """Copy stored file ``src`` to a new local file ``local_dest`` in one pass; return its size and checksum.
-
-        A crash inside leaves a partial ``local_dest``; storage is not changed.
-        """
-        hasher, size = new_hasher(), 0
-        with self.open_read(src) as f, open(local_dest, "wb") as out:
-            while chunk := f.read(CHUNK_SIZE):
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-        return size, hasher.hexdigest()
-
-    def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
-        """Return the log at ``path``: the appended file's bytes (b"" when absent) and its parts, in order.
-
-        Parts exist where the backend cannot append (object stores); a local log has none.
-        """
-        try:
-            base = self.read_bytes(path)
-        except FileNotFoundError:
-            base = b""
-        return base, self.read_log_parts(path)
-
-    def read_log_parts(self, path: str) -> list[bytes]:
-        """Return the contents of the parts of log ``path``, in write order; re-list if a merge races us."""
-        from trainkeep.storage.parts import ordered_part_names
-
-        directory = path + LOG_PARTS_SUFFIX
-        for _ in range(3):
-            names = ordered_part_names(self.listdir(directory))
-            try:
-                return [self.read_bytes(f"{directory}/{name}") for name in names]
-            except FileNotFoundError:  # a writer merged parts between our listing and our reads
-                continue
-        raise StorageError("read log", directory, OSError(_errno.EAGAIN, "parts kept changing while read"))
-
-    def record_transfer(self, dest_dir: str, stats: TransferStats) -> None:
-        """Remember the stats of the last ``put_tree`` into ``dest_dir`` for :meth:`pop_transfer`."""
-        transfers = self.__dict__.setdefault("_transfers", {})
-        transfers[dest_dir] = stats
-
-    def pop_transfer(self, dest_dir: str) -> TransferStats | None:
-        """Return and forget the stats of the last ``put_tree`` into ``dest_dir`` (None when unknown)."""
-        return self.__dict__.get("_transfers", {}).pop(dest_dir, None)
+def hash_stream(f: Any) -> tuple[int, str]:
+    """Return the size and checksum of what is left to read in binary file object ``f``, read in chunks."""
+    hasher, size = new_hasher(), 0
+    while chunk := f.read(CHUNK_SIZE):
+        hasher.update(chunk)
+        size += len(chunk)
+    return size, hasher.hexdigest()
 
 
-class RunLock(ABC):
-    """A held single-writer lock; ``release()`` is idempotent."""
-
-    holder: dict[str, Any]
-
-    @abstractmethod
-    def release(self) -> None: ...
-
-
-def holder_record() -> dict[str, Any]:
-    """Return who we are, for lock files and error messages."""
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "token": uuid.uuid4().hex,
-    }
-
-
-def parse_holder(raw: bytes) -> dict[str, Any]:
-    """Return the lock holder record in ``raw`` ({} when it is not a JSON object)."""
-    import json
-
-    try:
-        holder = json.loads(raw)
-        return holder if isinstance(holder, dict) else {}
-    except ValueError:
-        return {}
-
-
-def pid_alive(pid: int) -> bool:
-    """Return True when process ``pid`` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def copy_stream(f: Any, local_dest: str) -> tuple[int, str]:
+    """Copy what is left in binary file object ``f`` to new local file ``local_dest``; return size and checksum."""
+    hasher, size = new_hasher(), 0
+    with open(local_dest, "wb") as out:
+        while chunk := f.read(CHUNK_SIZE):
+            hasher.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+    return size, hasher.hexdigest()
 
 
 def wrap_error(op: str, path: str, exc: BaseException) -> BaseException:

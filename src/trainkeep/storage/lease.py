@@ -29,7 +29,8 @@ import time
 from typing import Any, Protocol
 
 from trainkeep.errors import RunLockedError, StorageError
-from trainkeep.storage.base import RunLock, holder_record, new_hasher, parse_holder, pid_alive
+from trainkeep.storage.base import new_hasher
+from trainkeep.storage.locking import RunLock, holder_record, parse_holder, pid_alive
 from trainkeep.storage.s3 import ConditionFailed
 
 logger = logging.getLogger(__name__)

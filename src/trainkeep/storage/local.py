@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -19,8 +18,10 @@ import fsspec
 from trainkeep.errors import RunLockedError, StorageError
 from trainkeep.layout import TEMP_SUFFIX
 from trainkeep.manifest import FileEntry
-from trainkeep.storage.base import COPY_THREADS, RunLock, Storage, holder_record, parse_holder, wrap_error
+from trainkeep.storage.base import COPY_THREADS, PutResult, Storage, hash_stream, wrap_error
 from trainkeep.storage.fastcopy import copy_file, move_file, same_device
+from trainkeep.storage.locking import RunLock, holder_record, parse_holder
+from trainkeep.storage.parts import read_log
 from trainkeep.storage.progress import Transfer
 from trainkeep.storage.syscalls import SYSCALLS, Syscalls
 from trainkeep.storage.tree import is_linked
@@ -140,7 +141,7 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageError("fsync directory", path, exc) from exc
 
-    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> list[FileEntry]:
+    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> PutResult:
         """Copy (or, handed over on the same filesystem, move) ``files`` in parallel, checksumming each.
 
         Steps: create the subdirectories; copy or move every file in a pool of threads, each file fsynced;
@@ -169,14 +170,15 @@ class LocalStorage(Storage):
             for rel in files:
                 if not is_linked(src_dir, rel):  # never delete a symlink's target, outside the source
                     self.delete_file(os.path.join(src_dir, rel))
-        self.record_transfer(dest_dir, transfer.stats())
-        return entries
+        return PutResult(entries, transfer.stats())
 
-    def open_read(self, path: str) -> Any:
-        return open(path, "rb")
+    def checksum(self, path: str) -> tuple[int, str]:
+        with open(path, "rb") as f:
+            return hash_stream(f)
 
-    def get_file(self, src: str, local_dest: str) -> None:
-        shutil.copyfile(src, local_dest)
+    def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
+        """Read the appended log at ``path`` (and parts, if the run was copied here from an object store)."""
+        return read_log(self, path)
 
     def download(self, src: str, local_dest: str) -> tuple[int, str]:
         """Copy ``src`` to new local file ``local_dest`` in the kernel, checksumming it (see fastcopy)."""

@@ -10,22 +10,36 @@ at most ``log_fanout(flushes)`` times (4 times for 65,536 flushes at fanout 16) 
 
 If the process dies inside a merge, the merged part and some of its sources coexist; readers drop the
 duplicate rows (a row's round number identifies it) and the next writer deletes the covered sources.
+
+Every log is read here (:func:`read_log`), whatever the backend: a local log is one appended file, and may
+also have parts when the run was copied from an object store.
 """
 
 from __future__ import annotations
 
+import errno as _errno
 import logging
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from trainkeep.storage.base import Storage
+from trainkeep.errors import StorageError
+from trainkeep.layout import LOG_PARTS_SUFFIX
 
 logger = logging.getLogger(__name__)
+
+
+class LogStore(Protocol):
+    """The part of the Storage surface that logs in parts use (kept apart so this module needs no Storage)."""
+
+    def listdir(self, path: str) -> list[str]: ...
+    def read_bytes(self, path: str) -> bytes: ...
+    def makedirs(self, path: str) -> None: ...
+    def write_atomic(self, path: str, data: bytes) -> None: ...
+    def delete_file(self, path: str) -> None: ...
 
 PART_RE = re.compile(r"^(\d{10})-(\d{10})\.jsonl$")
 
@@ -61,6 +75,32 @@ def ordered_part_names(names: list[str]) -> list[str]:
     return [s.name for s in sorted(spans, key=lambda s: (s.first, -s.last))]
 
 
+def read_log(store: LogStore, path: str, threads: int = 1) -> tuple[bytes, list[bytes]]:
+    """Return the log at ``path``: the appended file's bytes (b"" when absent) and its parts, in log order.
+
+    Parts are read ``threads`` at a time. A writer may merge parts while we read them: then the listing is
+    taken again, up to three times.
+
+    Raises:
+        StorageError when the store fails, or when the parts kept changing while read.
+    """
+    try:
+        base = store.read_bytes(path)
+    except FileNotFoundError:
+        base = b""
+    directory = path + LOG_PARTS_SUFFIX
+    for _ in range(3):
+        paths = [f"{directory}/{name}" for name in ordered_part_names(store.listdir(directory))]
+        try:
+            if threads <= 1 or len(paths) <= 1:
+                return base, [store.read_bytes(p) for p in paths]
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                return base, list(pool.map(store.read_bytes, paths))
+        except FileNotFoundError:  # a writer merged parts between our listing and our reads
+            continue
+    raise StorageError("read log", directory, OSError(_errno.EAGAIN, "parts kept changing while read"))
+
+
 def covered(spans: list[Span]) -> list[Span]:
     """Return the spans that another span covers (sources left over from an interrupted merge)."""
     return [s for s in spans if any(o.covers(s) for o in spans)]
@@ -87,8 +127,8 @@ class PartLog:
     max_rows = 256
     max_age_s = 30.0
 
-    def __init__(self, storage: Storage, path: str) -> None:
-        self.storage, self.path, self.directory = storage, path, path + ".parts"
+    def __init__(self, storage: LogStore, path: str) -> None:
+        self.storage, self.path, self.directory = storage, path, path + LOG_PARTS_SUFFIX
         self._rows: list[bytes] = []
         self._oldest = 0.0
         self._spans: list[Span] | None = None
@@ -139,9 +179,5 @@ class PartLog:
         self.storage.write_atomic(f"{self.directory}/{merged.name}", data)
         del spans[-len(sources):]
         spans.append(merged)
-        delete_files = getattr(self.storage, "delete_files", None)
-        if delete_files is not None:
-            delete_files(paths)  # one request on S3
-        else:
-            for path in paths:
-                self.storage.delete_file(path)
+        for path in paths:  # only now, in order: every row is in the merged part
+            self.storage.delete_file(path)

@@ -20,12 +20,22 @@ from typing import Any, TypeVar
 import fsspec
 
 from trainkeep.manifest import FileEntry
-from trainkeep.storage.base import CHUNK_SIZE, COPY_THREADS, LOG_PARTS_SUFFIX, RunLock, Storage, new_hasher
+from trainkeep.storage.base import (
+    CHUNK_SIZE,
+    COPY_THREADS,
+    PutResult,
+    Storage,
+    copy_stream,
+    hash_stream,
+    new_hasher,
+)
 from trainkeep.storage.lease import EmulatedConditional, LeaseLock
-from trainkeep.storage.parts import PartLog, ordered_part_names
+from trainkeep.storage.locking import RunLock
+from trainkeep.storage.parts import PartLog, read_log
 from trainkeep.storage.progress import Transfer
 from trainkeep.storage.retry import RetryPolicy, call
 from trainkeep.storage.s3 import S3Conditional, Uploader, is_s3
+from trainkeep.storage.timeouts import Timeouts
 from trainkeep.storage.tree import is_linked
 
 logger = logging.getLogger(__name__)
@@ -48,14 +58,24 @@ class FsspecStorage(Storage):
 
     Args:
         fs: the filesystem.
-        retry: how to retry transient errors (default: 6 attempts, exponential backoff from 0.25 s).
+        retry: how to retry transient errors (default: 6 attempts, exponential backoff from 0.2 s, none
+            started after ``timeouts.deadline_s``).
+        timeouts: how long to wait for the store (default: :meth:`Timeouts.from_env`); on S3 every request
+            is cancelled after ``timeouts.request_s``. See ``timeouts.py``.
+
+    Raises (from the constructor):
+        ConfigError when a ``TRAINKEEP_STORAGE_*`` variable is not a number of seconds > 0.
     """
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, fs: fsspec.AbstractFileSystem, retry: RetryPolicy | None = None,
+                 timeouts: Timeouts | None = None) -> None:
         self.fs = fs
-        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or Timeouts.from_env()
+        self.retry = retry or RetryPolicy(deadline_s=self.timeouts.deadline_s)
         self.is_object_store = bool(set(protocols(fs)) & OBJECT_STORE_PROTOCOLS)
-        self._s3 = S3Conditional(fs, self.retry) if is_s3(fs) else None
+        # s3fs's calls take fsspec's ``timeout=``: the whole call is cancelled after it (a stalled upload too)
+        self._limit: dict[str, Any] = {"timeout": self.timeouts.request_s} if is_s3(fs) else {}
+        self._s3 = S3Conditional(fs, self.retry, self.timeouts.request_s) if is_s3(fs) else None
         self._logs: dict[str, PartLog] = {}
         self._leases: list[LeaseLock] = []
         self._guard = threading.Lock()
@@ -79,16 +99,17 @@ class FsspecStorage(Storage):
 
     def exists(self, path: str) -> bool:
         self._fresh(path)
-        return self._call("stat", path, lambda: bool(self.fs.exists(path)))
+        return self._call("stat", path, lambda: bool(self.fs.exists(path, **self._limit)))
 
     def isdir(self, path: str) -> bool:
         self._fresh(path)
-        return self._call("stat", path, lambda: bool(self.fs.isdir(path)))
+        return self._call("stat", path, lambda: bool(self.fs.isdir(path, **self._limit)))
 
     def listdir(self, path: str) -> list[str]:
         self._fresh(path)
         try:
-            entries = self._call("list", path, lambda: self.fs.ls(path, detail=False), read=True)
+            entries = self._call("list", path, lambda: self.fs.ls(path, detail=False, **self._limit),
+                                 read=True)
         except (FileNotFoundError, NotADirectoryError):
             return []
         base = path.rstrip("/")
@@ -98,39 +119,36 @@ class FsspecStorage(Storage):
         self._fresh(path)
         if self._s3 is not None:  # one GET (s3fs's cat_file does a HEAD first)
             return self._s3.read(path)[0]
-        return self._call("read", path, lambda: bytes(self.fs.cat_file(path)), read=True)
+        return self._call("read", path, lambda: bytes(self.fs.cat_file(path, **self._limit)), read=True)
 
     def size(self, path: str) -> int:
         self._fresh(path)
-        return self._call("stat", path, lambda: int(self.fs.size(path)), read=True)
+        return self._call("stat", path, lambda: int(self.fs.size(path, **self._limit)), read=True)
 
-    def open_read(self, path: str) -> Any:
+    def _open(self, path: str) -> Any:
         self._fresh(path)
         kwargs: dict[str, Any] = {"block_size": CHUNK_SIZE, "cache_type": "none"} if is_s3(self.fs) else {}
-        return self._call("open", path, lambda: self.fs.open(path, "rb", **kwargs), read=True)
+        return self.fs.open(path, "rb", **kwargs)
 
     def checksum(self, path: str) -> tuple[int, str]:
-        return self._call("read", path, lambda: Storage.checksum(self, path), read=True)
+        """Stream ``path`` through the hasher; retried whole on errors."""
+        def attempt() -> tuple[int, str]:
+            with self._open(path) as f:
+                return hash_stream(f)
 
-    def get_file(self, src: str, local_dest: str) -> None:
-        self._fresh(src)
-        self._call("download", src, lambda: self.fs.get_file(src, local_dest), read=True)
+        return self._call("read", path, attempt, read=True)
 
     def download(self, src: str, local_dest: str) -> tuple[int, str]:
         """Stream ``src`` into new local file ``local_dest``, hashing as it goes; retried whole on errors."""
-        return self._call("download", src, lambda: Storage.download(self, src, local_dest), read=True)
+        def attempt() -> tuple[int, str]:
+            with self._open(src) as f:
+                return copy_stream(f, local_dest)
 
-    def read_log_parts(self, path: str) -> list[bytes]:
-        """Read the parts of log ``path`` in parallel, in log order (re-listing if a merge races us)."""
-        directory = path + LOG_PARTS_SUFFIX
-        for _ in range(3):
-            names = ordered_part_names(self.listdir(directory))
-            try:
-                with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-                    return list(pool.map(lambda n: self.read_bytes(f"{directory}/{n}"), names))
-            except FileNotFoundError:
-                continue
-        return Storage.read_log_parts(self, path)
+        return self._call("download", src, attempt, read=True)
+
+    def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
+        """Read the log at ``path``, its parts in parallel (see ``parts.read_log``)."""
+        return read_log(self, path, threads=READ_THREADS)
 
     # ------------------------------------------------------------------------------------------ writes
 
@@ -148,14 +166,14 @@ class FsspecStorage(Storage):
     def put_object(self, path: str, data: bytes) -> None:
         """PUT ``data`` at ``path`` with retries, without the lease check (the lease's own writes use it)."""
         try:
-            self._call("write", path, lambda: self.fs.pipe_file(path, data))
+            self._call("write", path, lambda: self.fs.pipe_file(path, data, **self._limit))
         finally:
             self._fresh(path)
 
     def remove_object(self, path: str) -> None:
         """Delete ``path`` with retries, without the lease check; a missing object is fine."""
         try:
-            self._call("delete", path, lambda: self.fs.rm_file(path), read=True)
+            self._call("delete", path, lambda: self.fs.rm_file(path, **self._limit), read=True)
         except FileNotFoundError:
             pass
         finally:
@@ -178,30 +196,18 @@ class FsspecStorage(Storage):
         self._fence(path)
         self.remove_object(path)
 
-    def delete_files(self, paths: list[str]) -> None:
-        """Delete several files (one bulk request on S3); missing ones are not an error."""
-        for path in paths:
-            self._fence(path)
-        try:
-            self._call("delete", paths[0] if paths else "", lambda: self.fs.rm(paths), read=True)
-        except FileNotFoundError:
-            pass
-        finally:
-            for path in paths:
-                self._fresh(path)
-
     def delete_tree(self, path: str) -> None:
         """Delete every object under ``path``; a crash inside leaves some of them (deleting again finishes)."""
         self._fence(path)
         self._fresh(path)
         try:
-            self._call("delete", path, lambda: self.fs.rm(path, recursive=True), read=True)
+            self._call("delete", path, lambda: self.fs.rm(path, recursive=True, **self._limit), read=True)
         except FileNotFoundError:
             pass
         finally:
             self._fresh(path)
 
-    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> list[FileEntry]:
+    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> PutResult:
         """Upload ``files`` in parallel, streaming each (S3: multipart, parts in parallel), checksum as read.
 
         If the process dies inside, ``dest_dir`` holds some whole objects and no manifest: debris.
@@ -210,7 +216,7 @@ class FsspecStorage(Storage):
         for sub in sorted({os.path.dirname(f) for f in files if "/" in f}):
             self.makedirs(f"{dest_dir}/{sub}")
         total = sum(os.path.getsize(os.path.join(src_dir, rel)) for rel in files)
-        uploader = Uploader(self.fs, self.retry) if is_s3(self.fs) else None
+        uploader = Uploader(self.fs, self.retry, self.timeouts.request_s) if is_s3(self.fs) else None
         try:
             with Transfer(f"uploading {dest_dir.rsplit('/', 1)[-1]}", total, len(files)) as transfer:
                 def one(rel: str) -> FileEntry:
@@ -230,8 +236,7 @@ class FsspecStorage(Storage):
                 with contextlib.suppress(FileNotFoundError):
                     if not is_linked(src_dir, rel):  # never delete a symlink's target, outside the source
                         os.unlink(os.path.join(src_dir, rel))
-        self.record_transfer(dest_dir, transfer.stats())
-        return entries
+        return PutResult(entries, transfer.stats())
 
     def _stream_put(self, src: str, dest: str, progress: Callable[[int], None]) -> tuple[int, str]:
         if self.exists(dest):  # not atomic with the write: this fs offers no create-only write

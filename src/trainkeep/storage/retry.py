@@ -42,12 +42,16 @@ TRANSIENT_TYPES = frozenset({
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently to retry: ``attempts`` tries in all, the n-th retry after a random delay
-    of up to ``base_s * 2**n`` seconds (capped at ``cap_s``), "full jitter" so that writers spread out."""
+    of up to ``base_s * 2**n`` seconds (capped at ``cap_s``), "full jitter" so that writers spread out; and no
+    retry that would start more than ``deadline_s`` seconds after the first attempt did (so an operation
+    fails within ``deadline_s`` plus one attempt, however slowly each attempt fails)."""
 
     attempts: int = 6
-    base_s: float = 0.25
+    base_s: float = 0.2
     cap_s: float = 10.0
+    deadline_s: float = 20.0
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
 
     def delays(self) -> Iterator[float]:
         for n in range(self.attempts - 1):
@@ -114,12 +118,16 @@ def is_precondition_failed(exc: BaseException) -> bool:
     return failure.status == 412 or failure.code == "PreconditionFailed"
 
 
-def storage_error(op: str, path: str, exc: BaseException, attempts: int = 1) -> StorageError:
+def storage_error(op: str, path: str, exc: BaseException, attempts: int = 1,
+                  seconds: float | None = None) -> StorageError:
     """Return a StorageError for ``op`` on ``path`` that names the store's code and errno."""
     failure = classify(exc)
     detail = failure.describe()
     tries = f" after {attempts} attempts" if attempts > 1 else ""
+    tries += f" in {seconds:.1f} s" if seconds is not None and attempts > 1 else ""
     message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError) and not str(exc):  # fsspec's request timeout (Timeouts.request_s)
+        message = f"{type(exc).__name__}: no answer in time"
     cause = StoreResponse(f"{detail + ': ' if detail else ''}{message}{tries}")
     return StorageError(op, path, cause, errno=failure.errno or _errno.EIO)
 
@@ -135,9 +143,10 @@ def call(op: str, path: str, fn: Callable[[], T], policy: RetryPolicy, *, read: 
         FileNotFoundError when ``read`` and the object is missing; FileExistsError and failed conditions
         (HTTP 412) as raised by ``fn``;
         StorageError naming ``path``, the store's code and errno for a permanent error (at once) or for a
-        transient one that outlived every attempt.
+        transient one that outlived every attempt or the policy's deadline.
     """
     delays = policy.delays()
+    start = policy.clock()
     attempt = 1
     while True:
         try:
@@ -149,8 +158,11 @@ def call(op: str, path: str, fn: Callable[[], T], policy: RetryPolicy, *, read: 
             if action == "raise":
                 raise
             delay = next(delays, None) if action == "retry" else None
+            elapsed = policy.clock() - start
+            if delay is not None and elapsed + delay > policy.deadline_s:
+                delay = None  # out of time: a store that fails slowly must not hold the run for attempts * timeout
             if delay is None:
-                raise storage_error(op, path, exc, attempt) from exc
+                raise storage_error(op, path, exc, attempt, elapsed) from exc
             logger.warning("%s of %s failed (%s); retry %d of %d in %.2f s", op, path,
                            classify(exc).describe() or exc, attempt, policy.attempts - 1, delay)
             policy.sleep(delay)

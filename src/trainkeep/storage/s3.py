@@ -43,8 +43,10 @@ class Uploader:
     copies of what is in flight: measured, the uploading process grows by ~350 MiB at most.
     """
 
-    def __init__(self, fs: Any, policy: RetryPolicy, part_size: int = PART_SIZE) -> None:
+    def __init__(self, fs: Any, policy: RetryPolicy, request_s: float | None = None,
+                 part_size: int = PART_SIZE) -> None:
         self.fs, self.policy, self.part_size = fs, policy, part_size
+        self.limit = {"timeout": request_s} if request_s else {}  # each request is cancelled after this
         self._pool = ThreadPoolExecutor(max_workers=PART_THREADS, thread_name_prefix="trainkeep-s3-part")
         self._buffers = _BufferPool(PART_THREADS, part_size)
 
@@ -80,7 +82,8 @@ class Uploader:
 
         def put() -> Any:
             tries[0] += 1
-            return self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
+                                   **self.limit)
 
         try:
             call("upload", dest, put, self.policy)
@@ -95,7 +98,7 @@ class Uploader:
     def _multipart(self, f: Any, dest: str, bucket: str, key: str, part_size: int,
                    progress: Callable[[int], None]) -> tuple[int, str]:
         upload_id = call("start upload", dest, lambda: self.fs.call_s3(
-            "create_multipart_upload", Bucket=bucket, Key=key), self.policy)["UploadId"]
+            "create_multipart_upload", Bucket=bucket, Key=key, **self.limit), self.policy)["UploadId"]
         hasher, size, futures = new_hasher(), 0, []
         failed: list[BaseException] = []
         try:
@@ -117,7 +120,7 @@ class Uploader:
             parts = [{"PartNumber": i + 1, "ETag": fut.result()} for i, fut in enumerate(futures)]
             call("finish upload", dest, lambda: self.fs.call_s3(
                 "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": parts}, IfNoneMatch="*"), self.policy)
+                MultipartUpload={"Parts": parts}, IfNoneMatch="*", **self.limit), self.policy)
         except BaseException as exc:
             _cancel(futures)
             self._abort(bucket, key, upload_id)
@@ -131,21 +134,22 @@ class Uploader:
     def _part(self, dest: str, bucket: str, key: str, upload_id: str, number: int, chunk: bytes | bytearray,
               progress: Callable[[int], None]) -> str:
         out = call("upload part", f"{dest} (part {number})", lambda: self.fs.call_s3(
-            "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk),
+            "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, **self.limit),
             self.policy)
         progress(len(chunk))
         return str(out["ETag"])
 
     def _abort(self, bucket: str, key: str, upload_id: str) -> None:
         try:
-            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                            **self.limit)
         except Exception:  # best effort: an unfinished upload is invisible, and a lifecycle rule reaps it
             pass
 
     def _size(self, path: str) -> int | None:
         try:
             self.fs.invalidate_cache(path)
-            return int(self.fs.size(path))
+            return int(self.fs.size(path, **self.limit))
         except Exception:
             return None
 
@@ -212,15 +216,16 @@ class S3Conditional:
 
     exact = True
 
-    def __init__(self, fs: Any, policy: RetryPolicy) -> None:
+    def __init__(self, fs: Any, policy: RetryPolicy, request_s: float | None = None) -> None:
         self.fs, self.policy = fs, policy
+        self.limit = {"timeout": request_s} if request_s else {}  # each request is cancelled after this
 
     def create(self, path: str, data: bytes) -> str:
         """Create ``path`` only if absent; return its ETag. Raises FileExistsError when it exists."""
         bucket, key, _ = self.fs.split_path(path)
         try:
             out = call("create", path, lambda: self.fs.call_s3(
-                "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"), self.policy)
+                "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", **self.limit), self.policy)
         except Exception as exc:
             if is_precondition_failed(exc) or isinstance(exc, FileExistsError):
                 raise FileExistsError(17, "object exists", path) from None
@@ -240,7 +245,8 @@ class S3Conditional:
             finally:
                 resp["Body"].close()
 
-        return call("read", path, lambda: fsspec.asyn.sync(self.fs.loop, get), self.policy, read=True)
+        return call("read", path, lambda: fsspec.asyn.sync(self.fs.loop, get, **self.limit), self.policy,
+                    read=True)
 
     def replace(self, path: str, data: bytes, etag: str) -> str:
         """Replace ``path`` only if its ETag is still ``etag``; return the new ETag.
@@ -251,7 +257,8 @@ class S3Conditional:
         bucket, key, _ = self.fs.split_path(path)
         try:
             out = call("replace", path, lambda: self.fs.call_s3(
-                "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=etag), self.policy, read=True)
+                "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=etag, **self.limit), self.policy,
+                read=True)
         except Exception as exc:
             if is_precondition_failed(exc):
                 raise ConditionFailed(path) from exc
@@ -269,7 +276,8 @@ class S3Conditional:
         bucket, key, _ = self.fs.split_path(path)
         try:
             call("delete", path, lambda: self.fs.call_s3(
-                "delete_object", Bucket=bucket, Key=key, IfMatch=etag), self.policy, read=True)
+                "delete_object", Bucket=bucket, Key=key, IfMatch=etag, **self.limit), self.policy,
+                read=True)
         except Exception as exc:
             if is_precondition_failed(exc):
                 raise ConditionFailed(path) from exc
@@ -280,6 +288,7 @@ class S3Conditional:
             # A store without conditional deletes: compare, then delete (a small window remains).
             if self.read(path)[1] != etag:
                 raise ConditionFailed(path) from exc
-            call("delete", path, lambda: self.fs.call_s3("delete_object", Bucket=bucket, Key=key), self.policy)
+            call("delete", path, lambda: self.fs.call_s3("delete_object", Bucket=bucket, Key=key, **self.limit),
+                 self.policy)
         finally:
             self.fs.invalidate_cache(path)

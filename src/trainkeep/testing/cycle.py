@@ -144,7 +144,7 @@ def report_async(manager: CheckpointManager, storage: Storage, metrics: dict[str
     staged = manager.stage(default_checkpoint_name(manager.next_round))
     files = list_source_files(src)
     entries: list[FileEntry] = []
-    uploader = AsyncUploader(lambda job: entries.extend(storage.put_tree(src, staged.path, files, move=True)),
+    uploader = AsyncUploader(lambda job: entries.extend(storage.put_tree(src, staged.path, files, move=True).entries),
                              lambda exc: None)  # close() raises the upload's error
     uploader.submit(staged.name)
     uploader.close()

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainkeep.errors import StorageError
-from trainkeep.manifest import FileEntry
-from trainkeep.storage.base import RunLock, Storage, TransferStats
+from trainkeep.storage.base import PutResult, Storage
+from trainkeep.storage.locking import RunLock
 
 WRITE_CALLS = frozenset({"makedirs", "write_atomic", "append", "truncate", "delete_file", "delete_tree",
                          "sync_dir", "put_tree", "lock", "release"})
@@ -284,15 +284,10 @@ class FaultyStorage(Storage):
     def sync_dir(self, path: str) -> None:
         self._call("sync_dir", path, lambda: self.inner.sync_dir(path))
 
-    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> list[FileEntry]:
+    def put_tree(self, src_dir: str, dest_dir: str, files: list[str], move: bool = False) -> PutResult:
         op = Op("call", "put_tree", src_dir, dest_dir, size=int(move))
-        return list(self._run(op, lambda: self.inner.put_tree(src_dir, dest_dir, files, move)))
-
-    def open_read(self, path: str) -> Any:
-        return self._call("open_read", path, lambda: self.inner.open_read(path))
-
-    def get_file(self, src: str, local_dest: str) -> None:
-        self._call("get_file", src, lambda: self.inner.get_file(src, local_dest), local_dest)
+        result: PutResult = self._run(op, lambda: self.inner.put_tree(src_dir, dest_dir, files, move))
+        return result
 
     def size(self, path: str) -> int:
         return int(self._call("size", path, lambda: self.inner.size(path)))
@@ -307,19 +302,10 @@ class FaultyStorage(Storage):
     def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
         return tuple(self._call("read_log", path, lambda: self.inner.read_log(path)))  # type: ignore
 
-    def read_log_parts(self, path: str) -> list[bytes]:
-        return list(self._call("read_log_parts", path, lambda: self.inner.read_log_parts(path)))
-
     def lock(self, path: str) -> RunLock:
         held = self._call("lock", path, lambda: self.inner.lock(path))
         self._locks.append(held)
         return _FaultyLock(self, held, path)
-
-    def record_transfer(self, dest_dir: str, stats: TransferStats) -> None:
-        self.inner.record_transfer(dest_dir, stats)
-
-    def pop_transfer(self, dest_dir: str) -> TransferStats | None:
-        return self.inner.pop_transfer(dest_dir)
 
     def __getattr__(self, name: str) -> Any:  # anything else a backend offers, uncounted
         if name == "inner":
