@@ -23,8 +23,8 @@ from trainkeep.manager import CheckpointManager
 from trainkeep.manifest import FileEntry
 from trainkeep.storage import iter_files
 from trainkeep.trainer import protocol as p
-from trainkeep.trainer.backends.local import Exited, LocalWorkerGroup, Message
 from trainkeep.trainer.failures import AttemptFailed, describe_exit, unpack_exception
+from trainkeep.trainer.group import Event, Exited, WorkerGroup
 from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round
 
 logger = logging.getLogger(__name__)
@@ -37,12 +37,12 @@ class Controller:
 
     Args:
         manager: the run's open CheckpointManager.
-        group: the started worker group (already booted).
+        group: the started worker group (any :class:`~trainkeep.trainer.group.WorkerGroup`).
         timeout_s: how long the ranks that reached a round wait for the others before the attempt fails.
         start: the path of the checkpoint the workers started from, or None.
     """
 
-    def __init__(self, manager: CheckpointManager, group: LocalWorkerGroup, world_size: int, timeout_s: float,
+    def __init__(self, manager: CheckpointManager, group: WorkerGroup, world_size: int, timeout_s: float,
                  start: str | None) -> None:
         self.manager, self.group, self.world_size, self.timeout_s = manager, group, world_size, timeout_s
         self._base = manager.next_round
@@ -87,7 +87,7 @@ class Controller:
                 self.manager.abort(rnd.name)
         self._rounds.clear()
 
-    def _handle(self, event: Message | Exited) -> None:
+    def _handle(self, event: Event) -> None:
         try:
             if isinstance(event, Exited):
                 self._on_exit(event.rank, event.returncode)
@@ -258,8 +258,8 @@ class Controller:
                 logger.warning("worker rank %d %s after its training function returned", rank,
                                describe_exit(returncode))
             return
-        pid = self.group.pids[rank]
-        self._fail(RuntimeError(f"worker rank {rank} (pid {pid}) {describe_exit(returncode)} while training"),
+        where = self.group.describe(rank)
+        self._fail(RuntimeError(f"worker rank {rank} ({where}) {describe_exit(returncode)} while training"),
                    True, rank)
 
     def _wait_timeout(self) -> float | None:

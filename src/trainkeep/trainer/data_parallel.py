@@ -182,7 +182,8 @@ class DataParallelTrainer:
         """Run one worker group to its end; on any exit, kill what is left, then sweep unfinished rounds."""
         world_size = self.scaling_config.num_workers
         timeout = self.run_config.report_timeout_s or DEFAULT_REPORT_TIMEOUT_S
-        group = LocalWorkerGroup(self._setup.worker_envs(world_size))
+        group = LocalWorkerGroup()  # the one executor today; the controller sees only the WorkerGroup interface
+        group.start(self._setup.worker_envs(world_size))
         controller = Controller(manager, group, world_size, timeout, start.path if start else None)
         try:
             for rank in range(world_size):
