@@ -35,9 +35,9 @@ from trainkeep.errors import (
 )
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
-from trainkeep.session import get_checkpoint, get_context, report
 from trainkeep.trainable import Trainable, TrainableTrainer
 from trainkeep.trainer import DataParallelTrainer
+from trainkeep.trainer.session import get_checkpoint, get_context, report
 
 __all__ = [
     "Checkpoint",

@@ -137,3 +137,24 @@ def test_the_local_group_implements_the_interface_and_names_its_processes() -> N
     group.kill()  # idempotent
     events = group.wait(0.1)
     assert events == []
+
+
+def test_the_trainer_package_imports_nothing_above_it() -> None:
+    """trainer/ (the worker half of the protocol included) imports neither the package root nor a module that
+    imports trainer/ back; the public session functions stay reachable from the root."""
+    import ast
+
+    import trainkeep.trainer
+
+    root = Path(trainkeep.trainer.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(alias.name == "trainkeep" for alias in node.names):
+                offenders.append(f"{path.name}: import trainkeep")
+            elif isinstance(node, ast.ImportFrom) and node.module in ("trainkeep", "trainkeep.session"):
+                offenders.append(f"{path.name}: from {node.module} import ...")
+    assert offenders == []
+    assert (tk.report, tk.get_checkpoint, tk.get_context) == (
+        trainkeep.trainer.session.report, trainkeep.trainer.session.get_checkpoint,
+        trainkeep.trainer.session.get_context)

@@ -16,8 +16,8 @@ from typing import Any
 
 import cloudpickle
 
-from trainkeep import session as session_module
 from trainkeep.trainer import protocol as p
+from trainkeep.trainer import session as session_module
 from trainkeep.trainer.failures import pack_exception
 
 
