@@ -21,12 +21,11 @@ from trainkeep.config import DEFAULT_STORAGE_PATH, RunConfig, ScalingConfig, def
 from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
-from trainkeep.storage import resolve
+from trainkeep.storage import Storage, resolve
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
 from trainkeep.trainer.controller import Controller
 from trainkeep.trainer.failures import AttemptFailed
-from trainkeep.trainer.injection import driver_storage
 from trainkeep.trainer.setup import WorkerSetup
 
 logger = logging.getLogger(__name__)
@@ -57,6 +56,8 @@ class DataParallelTrainer:
 
     _owns_loop = False  # subclasses that drive the loop themselves (TrainableTrainer) honour frequency/at_end
     _setup: WorkerSetup = WorkerSetup()
+    # set by trainkeep.testing.injection.inject() only: wraps the driver's and every worker's storage
+    _storage_wrapper: p.StorageWrapper | None = None
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None) -> None:
@@ -116,8 +117,7 @@ class DataParallelTrainer:
         # 2. Open the run: resume it if it exists, take its lock.
         with _without_manager_resume_line():
             manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
-                                        self.run_config.storage_filesystem,
-                                        storage=driver_storage(run_url, self.run_config.storage_filesystem))
+                                        self.run_config.storage_filesystem, storage=self._driver_storage(run_url))
         # 3. Run attempts until one succeeds, the input is bad, or no retries are left.
         try:
             value = self._run_attempts(manager, spec)
@@ -127,6 +127,12 @@ class DataParallelTrainer:
             raise
         manager.close("finished")
         return result
+
+    def _driver_storage(self, run_url: str) -> Storage | None:
+        """Return the driver's storage wrapped for a test, or None (the manager's own) when no wrapper is set."""
+        if self._storage_wrapper is None:
+            return None
+        return self._storage_wrapper(resolve(run_url, self.run_config.storage_filesystem)[0], "driver")
 
     def _run_url(self, storage_path: str) -> str:
         name = self.run_config.name
@@ -146,7 +152,7 @@ class DataParallelTrainer:
         spec = p.WorkerSpec(
             self.train_loop_per_worker, self.train_loop_config, self._takes_config, self.scaling_config.num_workers,
             self._name, storage_path, run_path, storage.fs, self.run_config.checkpoint_config, self._setup,
-            self.scaling_config.use_gpu,
+            self.scaling_config.use_gpu, self._storage_wrapper,
         )
         try:
             return cloudpickle.dumps(spec)

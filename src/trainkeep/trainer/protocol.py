@@ -19,10 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trainkeep.config import CheckpointConfig
 from trainkeep.manifest import FileEntry
+
+if TYPE_CHECKING:
+    from trainkeep.storage import Storage
+
+StorageWrapper = Callable[["Storage", str], "Storage"]
+"""``wrapper(storage, role)`` -> the storage to use, ``role`` "driver" or "worker" (``trainkeep.testing``)."""
 
 
 @dataclass
@@ -40,6 +46,7 @@ class WorkerSpec:
     checkpoint_config: CheckpointConfig
     setup: Any
     use_gpu: bool = False
+    storage_wrapper: StorageWrapper | None = None  # fault injection in tests: see trainkeep.testing.injection
 
 # ---------------------------------------------------------------------------------------------- to the driver
 

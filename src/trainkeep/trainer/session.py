@@ -24,7 +24,6 @@ from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.storage import list_source_files, storage_for
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.failures import pack_exception
-from trainkeep.trainer.injection import wrap_storage
 from trainkeep.trainer.uploader import AsyncUploader
 
 logger = logging.getLogger(__name__)
@@ -96,7 +95,9 @@ class Session:
     def __init__(self, conn: Connection, spec: p.WorkerSpec, rank: int, start_checkpoint: str | None) -> None:
         self.spec, self.rank, self.context = spec, rank, TrainContext(spec, rank)
         self._conn = conn
-        self._storage = wrap_storage(storage_for(spec.filesystem), "worker")  # a no-op outside tests
+        self._storage = storage_for(spec.filesystem)
+        if spec.storage_wrapper is not None:  # tests only: trainkeep.testing.injection
+            self._storage = spec.storage_wrapper(self._storage, "worker")
         self._start = Checkpoint(start_checkpoint, spec.filesystem) if start_checkpoint else None
         self._reports = 0
         self._send_lock = threading.Lock()
