@@ -6,6 +6,7 @@ every other test in this folder.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from trainkeep.manifest import FileEntry
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
 from trainkeep.trainer.controller import Controller
+from trainkeep.trainer.data_parallel import local_thread_env
 from trainkeep.trainer.failures import AttemptFailed
 from trainkeep.trainer.group import Event, Exited, Message, WorkerGroup
 
@@ -158,3 +160,22 @@ def test_the_trainer_package_imports_nothing_above_it() -> None:
     assert (tk.report, tk.get_checkpoint, tk.get_context) == (
         trainkeep.trainer.session.report, trainkeep.trainer.session.get_checkpoint,
         trainkeep.trainer.session.get_context)
+
+
+def test_resources_per_worker_cpu_sets_each_worker_s_thread_counts(loop_config, make_run) -> None:
+    import trainer_loops as loops
+
+    tk.DataParallelTrainer(loops.probe_threads, train_loop_config=loop_config,
+                           scaling_config=tk.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 3.7}),
+                           run_config=make_run()).fit()
+    lines = sorted(loops.read_log(loop_config["log"]))
+    assert [json.loads(line) for line in lines] == [[rank, "3", "3", "3", "3"] for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("resources", [{"GPU": 1}, {"CPU": 1, "memory": 1e9}, {"accelerator_type:A100": 1}])
+def test_resources_the_local_executor_cannot_honour_are_refused_naming_the_executors_that_do(resources) -> None:
+    scaling = tk.ScalingConfig(num_workers=1, resources_per_worker=resources)
+    with pytest.raises(tk.ConfigError, match=r"resources_per_worker=.*honours only 'CPU'.*use_gpu=True.*'ray'"):
+        tk.DataParallelTrainer(lambda: None, scaling_config=scaling)
+    assert local_thread_env(tk.ScalingConfig(resources_per_worker={"CPU": 0})) == {}
+    assert local_thread_env(tk.ScalingConfig(resources_per_worker={"CPU": 0.5}))["OMP_NUM_THREADS"] == "1"

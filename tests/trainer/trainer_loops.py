@@ -111,6 +111,13 @@ def probe_context(config: dict[str, Any]) -> None:
     tk.report({"rank": context.get_world_rank()})
 
 
+def probe_threads(config: dict[str, Any]) -> None:
+    """Log this rank's thread-count variables (set by resources_per_worker={"CPU": n})."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    log(config, json.dumps([tk.get_context().get_world_rank()] + [os.environ.get(n) for n in names]))
+    tk.report({})
+
+
 def all_ready(config: dict[str, Any], rank: int) -> None:
     """Wait (60 s at most) until every rank got here: a file handshake that does not use report()."""
     open(os.path.join(config["tmp"], f"ready_{rank}"), "w").close()

@@ -44,12 +44,14 @@ class DataParallelTrainer:
         train_loop_per_worker: the training function; it takes ``train_loop_config`` as its one argument, or
             no argument. It is shipped to the workers with cloudpickle, so closures and lambdas work.
         train_loop_config: a dict passed to the function.
-        scaling_config: how many workers (default 1).
+        scaling_config: how many workers (default 1); ``resources_per_worker={"CPU": n}`` sets each worker's
+            thread counts (see :func:`local_thread_env`).
         run_config: where the run lives, what to keep, how many restarts (default: a fresh timestamped run
             under ``~/trainkeep_results``).
 
     Raises:
-        ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments, and a ValueError when the
+        ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments (``resources_per_worker``
+        keys other than "CPU" included, which this local executor cannot honour), and a ValueError when the
         CheckpointConfig asks for ``checkpoint_frequency`` or ``checkpoint_at_end``, which a training function
         that owns its loop cannot honour: report a checkpoint from the loop instead.
     """
@@ -78,6 +80,7 @@ class DataParallelTrainer:
             raise ConfigError("train_loop_config was given, but train_loop_per_worker takes no argument; "
                               "define it as train_loop_per_worker(config)")
         self._check_checkpoint_timing()
+        self._thread_env = local_thread_env(self.scaling_config)
 
     def _check_checkpoint_timing(self) -> None:
         config = self.run_config.checkpoint_config
@@ -189,7 +192,7 @@ class DataParallelTrainer:
         world_size = self.scaling_config.num_workers
         timeout = self.run_config.report_timeout_s or DEFAULT_REPORT_TIMEOUT_S
         group = LocalWorkerGroup()  # the one executor today; the controller sees only the WorkerGroup interface
-        group.start(self._setup.worker_envs(world_size))
+        group.start([{**self._thread_env, **env} for env in self._setup.worker_envs(world_size)])
         controller = Controller(manager, group, world_size, timeout, start.path if start else None)
         try:
             for rank in range(world_size):
@@ -204,6 +207,36 @@ class DataParallelTrainer:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train_loop_per_worker={getattr(self.train_loop_per_worker, '__name__', '?')}, "
                 f"num_workers={self.scaling_config.num_workers})")
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+"""The thread-count variables that ``resources_per_worker={"CPU": n}`` sets in each worker's environment."""
+
+
+def local_thread_env(scaling_config: ScalingConfig) -> dict[str, str]:
+    """Return what the local executor makes of ``resources_per_worker``: the thread-count environment.
+
+    The local executor runs every worker on this machine and reserves nothing; ``{"CPU": n}`` caps the threads
+    each worker's math libraries start (OpenMP, MKL, OpenBLAS, NumExpr; torch reads ``OMP_NUM_THREADS``) at
+    ``n`` rounded down, at least 1 (``0`` leaves them alone), as Ray Train does for its workers.
+
+    Raises:
+        ConfigError (a ValueError) for any other resource: "GPU" (use ``use_gpu=True``: one device per worker)
+        and custom resources need an executor that places workers by resources ("ray", not yet available).
+    """
+    resources = scaling_config.resources_per_worker or {}
+    other = sorted(key for key in resources if key != "CPU")
+    if other:
+        raise ConfigError(
+            f"ScalingConfig(resources_per_worker={resources!r}): the local executor honours only 'CPU' (the "
+            f"thread count of each worker), not {other}. For GPUs pass use_gpu=True (one device per worker); "
+            "GPU fractions and custom resources need an executor that places workers by resources ('ray', "
+            "which trainkeep does not provide yet)."
+        )
+    if not resources.get("CPU"):
+        return {}
+    threads = str(max(1, int(resources["CPU"])))
+    return dict.fromkeys(THREAD_VARIABLES, threads)
 
 
 def takes_config(fn: Callable[..., Any]) -> bool:

@@ -52,18 +52,26 @@ class TrainContext:
         self._spec, self._rank = spec, rank
 
     def get_world_rank(self) -> int:
+        """Return this worker's rank among all workers, ``0 .. world_size - 1``."""
         return self._rank
 
     def get_local_rank(self) -> int:
-        return self._rank  # one machine: the local rank is the world rank
+        """Return this worker's rank among the workers of its machine.
+
+        The local executor runs every worker on one machine, so this is the world rank.
+        """
+        return self._rank
 
     def get_world_size(self) -> int:
+        """Return the number of workers."""
         return self._spec.world_size
 
     def get_local_world_size(self) -> int:
+        """Return the number of workers on this worker's machine: all of them with the local executor."""
         return self._spec.world_size
 
     def get_node_rank(self) -> int:
+        """Return the rank of this worker's machine: always 0 with the local executor (one machine)."""
         return 0
 
     def get_experiment_name(self) -> str:
