@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from trainkeep._logging import install_default_handler
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import (
     CheckpointConfig,
@@ -38,6 +39,8 @@ from trainkeep.result import Result
 from trainkeep.trainable import Trainable, TrainableTrainer
 from trainkeep.trainer import DataParallelTrainer
 from trainkeep.trainer.session import get_checkpoint, get_context, report
+
+install_default_handler()  # trainkeep's lines reach stderr while the application configured no logging
 
 __all__ = [
     "Checkpoint",

@@ -118,6 +118,11 @@ class TrainingFailedError(TrainkeepError, RuntimeError):
         return (type(self), (self.args[0], self.worker_failures, self.tracebacks))
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit()`` was interrupted (Ctrl-C): its workers are stopped and the run is closed; the message says what
+    was committed. A KeyboardInterrupt, not a TrainkeepError, so that ``except Exception`` never swallows it."""
+
+
 class ReportTimeoutError(TrainkeepError, TimeoutError):
     """Some workers did not reach a report round in time (uneven ``report()`` calls, or a hung worker)."""
 

@@ -22,6 +22,7 @@ from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
 from trainkeep.storage import Storage, resolve
+from trainkeep.trainer import interrupt
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
 from trainkeep.trainer.controller import Controller
@@ -111,20 +112,30 @@ class DataParallelTrainer:
         Raises:
             TrainingFailedError carrying each failed rank's exception and traceback (also a TypeError /
             ValueError when a report was invalid, a ReportTimeoutError when ranks reported unevenly);
-            RunLockedError when another writer holds the run; TypeError when the function cannot be pickled.
+            RunLockedError when another writer holds the run; TypeError when the function cannot be pickled;
+            TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, once the workers are stopped and the run is
+            closed, saying what was committed (uncaught, it prints that one line and no traceback).
         """
         # 1. Pickle what the workers need; nothing is written if that fails.
         storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
         run_url = self._run_url(str(storage_path))
         spec = self._pickled_spec(str(storage_path), run_url)
         # 2. Open the run: resume it if it exists, take its lock.
-        with _without_manager_resume_line():
-            manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
-                                        self.run_config.storage_filesystem, storage=self._driver_storage(run_url))
+        try:
+            with _without_manager_resume_line():
+                manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
+                                            self.run_config.storage_filesystem, storage=self._driver_storage(run_url))
+        except KeyboardInterrupt:
+            raise interrupt.interrupted(interrupt.summary(None)) from None
         # 3. Run attempts until one succeeds, the input is bad, or no retries are left.
         try:
             value = self._run_attempts(manager, spec)
             result = _result(manager, value)
+        except KeyboardInterrupt:  # Ctrl-C: the workers are gone, unfinished rounds swept; say what is committed
+            with interrupt.sigint_ignored():
+                line = interrupt.summary(manager)
+                manager.close("failed")
+            raise interrupt.interrupted(line) from None
         except BaseException:
             manager.close("failed")
             raise
@@ -182,8 +193,8 @@ class DataParallelTrainer:
                 if not failed.retryable or (max_failures != -1 and failures >= max_failures):
                     raise failed.to_training_error(failures + 1, max_failures) from failed.error
                 failures += 1
-                logger.warning("worker group failed (%s); restart %d of %s from the latest checkpoint", failed,
-                               failures, "unlimited" if max_failures == -1 else max_failures)
+                logger.warning("worker group failed (%s); restart %d of %s from the latest checkpoint",
+                               _first_line(str(failed)), failures, "unlimited" if max_failures == -1 else max_failures)
             finally:
                 manager.protected = set()
 
@@ -201,8 +212,9 @@ class DataParallelTrainer:
             group.join(EXIT_TIMEOUT_S)
             return value
         finally:
-            group.kill()  # first: no worker may still write into a directory that is about to be swept
-            controller.discard()
+            with interrupt.sigint_ignored():  # a second Ctrl-C must not cut the clean-up short
+                group.kill()  # first: no worker may still write into a directory that is about to be swept
+                controller.discard()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train_loop_per_worker={getattr(self.train_loop_per_worker, '__name__', '?')}, "
@@ -257,6 +269,12 @@ def takes_config(fn: Callable[..., Any]) -> bool:
             continue
     raise ConfigError(f"train_loop_per_worker must take one argument (the config) or none, got {fn!r} "
                       f"with signature {signature}")
+
+
+def _first_line(text: str) -> str:
+    """Return the first line of ``text`` (log lines stay one line each), marking that more was cut."""
+    first, _, rest = text.partition("\n")
+    return first + (" [...]" if rest.strip() else "")
 
 
 def _name_of(checkpoint: Checkpoint) -> str:
