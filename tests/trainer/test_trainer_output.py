@@ -121,3 +121,40 @@ def test_ctrl_c_in_fit_stops_cleanly_with_one_line_saying_what_was_committed(tmp
 
     result = tk.Result.from_path(str(run))
     assert result.checkpoint is not None and result.checkpoint.path.endswith("checkpoint_000000")
+
+
+FAILING = '''
+import os, sys
+import trainkeep as tk
+
+class Model:
+    def step(self, x):
+        return (lambda y: 1 / y)(x)  # the line that fails
+
+def make_train(scale):
+    def train():
+        Model().step(scale * 0)
+    return train
+
+try:
+    tk.DataParallelTrainer(make_train(3), run_config=tk.RunConfig(name="run", storage_path=sys.argv[1])).fit()
+except tk.TrainingFailedError as exc:
+    print(exc.tracebacks[0])
+'''
+
+
+def test_a_worker_traceback_shows_the_user_s_own_frames_with_their_source_lines(tmp_path: Path) -> None:
+    (tmp_path / "script.py").write_text(FAILING)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    text = done.stdout
+    print(text)
+    assert done.returncode == 0 and "ZeroDivisionError: division by zero" in text, done.stderr
+    assert "<dynamic-code>" not in text and "trainer/worker.py" not in text
+    script = str(tmp_path / "script.py")
+    for line, function, source in ((11, "train", "Model().step(scale * 0)"),
+                                   (7, "step", "return (lambda y: 1 / y)(x)  # the line that fails"),
+                                   (7, "<lambda>", None)):
+        assert f'File "{script}", line {line}, in {function}' in text
+        if source:
+            assert source in text

@@ -22,7 +22,7 @@ from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
 from trainkeep.storage import Storage, resolve
-from trainkeep.trainer import interrupt
+from trainkeep.trainer import interrupt, sources
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
 from trainkeep.trainer.controller import Controller
@@ -166,7 +166,7 @@ class DataParallelTrainer:
         spec = p.WorkerSpec(
             self.train_loop_per_worker, self.train_loop_config, self._takes_config, self.scaling_config.num_workers,
             self._name, storage_path, run_path, storage.fs, self.run_config.checkpoint_config, self._setup,
-            self.scaling_config.use_gpu, self._storage_wrapper,
+            self.scaling_config.use_gpu, self._storage_wrapper, sources.code_files(self.train_loop_per_worker),
         )
         try:
             return cloudpickle.dumps(spec)

@@ -18,7 +18,7 @@ Round ``k`` of an attempt is made of the k-th ``Announce`` of every rank. A repo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trainkeep.config import CheckpointConfig
@@ -47,6 +47,7 @@ class WorkerSpec:
     setup: Any
     use_gpu: bool = False
     storage_wrapper: StorageWrapper | None = None  # fault injection in tests: see trainkeep.testing.injection
+    code_files: dict[tuple[str, int], str] = field(default_factory=dict)  # see trainer/sources.py
 
 # ---------------------------------------------------------------------------------------------- to the driver
 

@@ -18,6 +18,7 @@ import cloudpickle
 
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer import session as session_module
+from trainkeep.trainer import sources
 from trainkeep.trainer.failures import pack_exception
 
 
@@ -47,6 +48,8 @@ def run(conn: Connection, boot: p.Boot) -> int:
     session: session_module.Session | None = None
     try:
         spec: p.WorkerSpec = cloudpickle.loads(boot.spec)
+        with contextlib.suppress(Exception):  # only cosmetic: tracebacks show the user's files and lines
+            sources.restore_files(spec.train_fn, spec.code_files)
         session = session_module.Session(conn, spec, boot.rank, boot.start_checkpoint)
         session_module.install(session)
         spec.setup.start(session.context, spec)
@@ -59,7 +62,7 @@ def run(conn: Connection, boot: p.Boot) -> int:
     except BaseException as exc:
         if session is not None:
             session.drain()  # reports made before the failure still commit: their uploads finish first
-        data, text = pack_exception(exc)
+        data, text = pack_exception(_from_user_frames(exc))
         # a function that cannot even be loaded here, or a bad report, would fail the same way again
         bad_input = session is None or exc is session.bad_input
         with contextlib.suppress(OSError):
@@ -67,6 +70,14 @@ def run(conn: Connection, boot: p.Boot) -> int:
         return 1
     finally:
         session_module.install(None)
+
+
+def _from_user_frames(exc: BaseException) -> BaseException:
+    """Drop this module's own frames from the top of ``exc``'s traceback (it starts at the user's function)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return exc.with_traceback(tb)
 
 
 def _call(spec: p.WorkerSpec) -> Any:
