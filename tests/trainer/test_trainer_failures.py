@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -163,3 +164,13 @@ def test_when_the_driver_is_killed_its_workers_die_and_the_next_fit_resumes(loop
     assert list_checkpoint_dirs(result.path) == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
     assert open(os.path.join(result.path, "checkpoint_000002", "shard_0.txt")).read() == "rank 0 epoch 2"
     assert verify_checkpoint(LocalStorage(), result.path, "checkpoint_000002") == []
+
+
+@pytest.mark.parametrize(("kind", "words"), [("lock", "could not be pickled"), ("driver", "could not be unpickled")])
+def test_a_return_value_that_cannot_reach_the_driver_warns_and_gives_none(make_run, caplog, kind, words):
+    with caplog.at_level(logging.WARNING, logger="trainkeep"):
+        result = tk.DataParallelTrainer(loops.returns_unpicklable, train_loop_config={"kind": kind},
+                                        run_config=make_run()).fit()
+    assert result.return_value is None and result.metrics == {"epoch": 0}
+    warnings = [r.getMessage() for r in caplog.records if "return value" in r.getMessage()]
+    assert len(warnings) == 1 and words in warnings[0] and "Result.return_value is None" in warnings[0]

@@ -246,3 +246,24 @@ def report_then_hang(config: dict[str, Any]) -> None:
     if rank == 0:
         tk.report({"epoch": config["epochs"]}, checkpoint=write_checkpoint(config, rank, config["epochs"]))
     time.sleep(3600)
+
+
+class LoadsOnlyWhereMade:
+    """A value that pickles in the worker but cannot be unpickled in another process (the driver)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (_load_in, (os.getpid(),))
+
+
+def _load_in(pid: int) -> LoadsOnlyWhereMade:
+    if os.getpid() != pid:
+        raise RuntimeError("this value cannot be loaded outside the process that made it")
+    return LoadsOnlyWhereMade()
+
+
+def returns_unpicklable(config: dict[str, Any]) -> Any:
+    """Report once, then return a value the driver cannot receive (config["kind"]: "lock" or "driver")."""
+    import threading
+
+    tk.report({"epoch": 0})
+    return threading.Lock() if config["kind"] == "lock" else LoadsOnlyWhereMade()

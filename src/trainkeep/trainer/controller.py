@@ -236,6 +236,8 @@ class Controller:
         self._finished[rank] = self._counts[rank]
         if rank == 0:
             self._return_value = msg.return_value
+            if msg.warning:
+                logger.warning("%s", msg.warning)
         ahead = [r for r in range(self.world_size) if self._counts[r] > self._counts[rank]]
         if ahead:
             self._uneven(rank, ahead)
@@ -283,13 +285,15 @@ class Controller:
         raise AttemptFailed(error, retryable, failures, {rank: tb} if rank is not None and tb else {})
 
     def _load_return_value(self) -> Any:
+        """Return rank 0's return value, or None (with a warning) when it cannot be unpickled here."""
         if self._return_value is None:
             return None
         try:
             return pickle.loads(self._return_value)
-        except Exception as exc:
-            raise AttemptFailed(TypeError(f"rank 0's return value could not be unpickled in the driver: {exc}"),
-                                False) from exc
+        except Exception as exc:  # the training finished: its checkpoints count, the value is dropped (as Ray does)
+            logger.warning("rank 0's return value could not be unpickled in the driver, so Result.return_value "
+                           "is None: %s: %s", type(exc).__name__, exc)
+            return None
 
 
 def _combine(failures: list[AttemptFailed]) -> AttemptFailed:

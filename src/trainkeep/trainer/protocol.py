@@ -78,9 +78,11 @@ class Failed(NamedTuple):
 
 
 class Finished(NamedTuple):
-    """The training function returned; rank 0 sends its pickled return value."""
+    """The training function returned; rank 0 sends its pickled return value (None when it cannot be pickled:
+    ``warning`` then says why)."""
 
     return_value: bytes | None
+    warning: str = ""
 
 
 class Query(NamedTuple):

@@ -56,8 +56,8 @@ def run(conn: Connection, boot: p.Boot) -> int:
         value = _call(spec)
         session.finish()
         spec.setup.stop()
-        packed = _pack_return_value(value, session) if boot.rank == 0 else None
-        conn.send(p.Finished(packed))
+        packed, warning = _pack_return_value(value) if boot.rank == 0 else (None, "")
+        conn.send(p.Finished(packed, warning))
         return 0
     except BaseException as exc:
         if session is not None:
@@ -86,13 +86,15 @@ def _call(spec: p.WorkerSpec) -> Any:
     return spec.train_fn()
 
 
-def _pack_return_value(value: Any, session: session_module.Session) -> bytes:
+def _pack_return_value(value: Any) -> tuple[bytes | None, str]:
+    """Return ``value`` pickled, or None and a warning when it cannot be (the training still succeeded)."""
+    if value is None:
+        return None, ""
     try:
-        return cloudpickle.dumps(value)
+        return cloudpickle.dumps(value), ""
     except Exception as exc:
-        error = TypeError(f"the training function's return value on rank 0 could not be pickled: {exc}")
-        session.bad_input = error  # it would fail the same way again: not worth a restart
-        raise error from exc
+        return None, (f"the training function's return value on rank 0 ({type(value).__name__}) could not be "
+                      f"pickled, so Result.return_value is None: {type(exc).__name__}: {exc}")
 
 
 def _die_with_parent(parent_pid: int) -> None:
