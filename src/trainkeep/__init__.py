@@ -21,6 +21,7 @@ from trainkeep.errors import (
     ChecksumMismatchError,
     ConfigError,
     ConfigTypeError,
+    ControllerError,
     CorruptRunError,
     IncompatibleRunError,
     InvalidCheckpointNameError,
@@ -32,7 +33,9 @@ from trainkeep.errors import (
     SessionError,
     StorageError,
     TrainingFailedError,
+    TrainingInterrupted,
     TrainkeepError,
+    WorkerGroupError,
 )
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
@@ -51,6 +54,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigError",
     "ConfigTypeError",
+    "ControllerError",
     "CorruptRunError",
     "DataParallelTrainer",
     "FailureConfig",
@@ -69,7 +73,9 @@ __all__ = [
     "Trainable",
     "TrainableTrainer",
     "TrainingFailedError",
+    "TrainingInterrupted",
     "TrainkeepError",
+    "WorkerGroupError",
     "__version__",
     "get_checkpoint",
     "get_context",
