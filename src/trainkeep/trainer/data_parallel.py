@@ -116,12 +116,12 @@ class DataParallelTrainer:
             TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, once the workers are stopped and the run is
             closed, saying what was committed (uncaught, it prints that one line and no traceback).
         """
-        # 1. Pickle what the workers need; nothing is written if that fails.
-        storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
-        run_url = self._run_url(str(storage_path))
-        spec = self._pickled_spec(str(storage_path), run_url)
-        # 2. Open the run: resume it if it exists, take its lock.
         try:
+            # 1. Pickle what the workers need; nothing is written if that fails.
+            storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
+            run_url = self._run_url(str(storage_path))
+            spec = self._pickled_spec(str(storage_path), run_url)
+            # 2. Open the run: resume it if it exists, take its lock.
             with _without_manager_resume_line():
                 manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
                                             self.run_config.storage_filesystem, storage=self._driver_storage(run_url))
