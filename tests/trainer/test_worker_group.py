@@ -179,3 +179,20 @@ def test_resources_the_local_executor_cannot_honour_are_refused_naming_the_execu
         tk.DataParallelTrainer(lambda: None, scaling_config=scaling)
     assert local_thread_env(tk.ScalingConfig(resources_per_worker={"CPU": 0})) == {}
     assert local_thread_env(tk.ScalingConfig(resources_per_worker={"CPU": 0.5}))["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_ctrl_c_during_event_handling_is_delivered_after_it_not_inside() -> None:
+    import signal
+
+    from trainkeep.trainer.interrupt import deferred_sigint
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("still running after the signal")  # a commit here would not be cut short
+    assert steps == ["still running after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with deferred_sigint():
+        steps.append("no signal: nothing raised")
+    assert len(steps) == 2

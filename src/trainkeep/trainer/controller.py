@@ -25,6 +25,7 @@ from trainkeep.storage import iter_files
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.failures import AttemptFailed, describe_exit, unpack_exception
 from trainkeep.trainer.group import Event, Exited, WorkerGroup
+from trainkeep.trainer.interrupt import deferred_sigint
 from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ class Controller:
         """
         while len(self._finished) < self.world_size:
             events = self.group.wait(self._wait_timeout())
-            for event in events:
-                self._handle(event)
+            with deferred_sigint():  # a Ctrl-C stops the attempt between two events, never inside a commit
+                for event in events:
+                    self._handle(event)
             if self._failures:
                 raise _combine(self._failures)
             self._check_timeouts()

@@ -10,6 +10,7 @@ Lightning does); caught, it is a KeyboardInterrupt like any other.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -59,3 +60,26 @@ def sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block is done, then deliver it as the previous handler would have.
+
+    The controller handles its events (a commit among them) inside this block, so a Ctrl-C lands between two
+    events, never in the middle of a commit that the clean-up would then take for an unfinished round.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, received[0])
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
