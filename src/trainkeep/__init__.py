@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from trainkeep._logging import install_default_handler
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import (
     CheckpointConfig,
@@ -20,6 +21,7 @@ from trainkeep.errors import (
     ChecksumMismatchError,
     ConfigError,
     ConfigTypeError,
+    ControllerError,
     CorruptRunError,
     IncompatibleRunError,
     InvalidCheckpointNameError,
@@ -31,14 +33,18 @@ from trainkeep.errors import (
     SessionError,
     StorageError,
     TrainingFailedError,
+    TrainingInterrupted,
     TrainkeepError,
     UnsupportedCheckpointFileError,
+    WorkerGroupError,
 )
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
-from trainkeep.session import get_checkpoint, get_context, report
 from trainkeep.trainable import Trainable, TrainableTrainer
 from trainkeep.trainer import DataParallelTrainer
+from trainkeep.trainer.session import get_checkpoint, get_context, report
+
+install_default_handler()  # trainkeep's lines reach stderr while the application configured no logging
 
 __all__ = [
     "Checkpoint",
@@ -49,6 +55,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigError",
     "ConfigTypeError",
+    "ControllerError",
     "CorruptRunError",
     "DataParallelTrainer",
     "FailureConfig",
@@ -67,8 +74,10 @@ __all__ = [
     "Trainable",
     "TrainableTrainer",
     "TrainingFailedError",
+    "TrainingInterrupted",
     "TrainkeepError",
     "UnsupportedCheckpointFileError",
+    "WorkerGroupError",
     "__version__",
     "get_checkpoint",
     "get_context",

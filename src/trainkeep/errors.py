@@ -138,6 +138,38 @@ class TrainingFailedError(TrainkeepError, RuntimeError):
         return (type(self), (self.args[0], self.worker_failures, self.tracebacks))
 
 
+class WorkerGroupError(TrainingFailedError):
+    """Training failed because workers failed (raised, died, or a background upload failed), as in Ray Train.
+
+    ``worker_failures`` maps each failed world rank to its exception.
+    """
+
+
+class ControllerError(TrainingFailedError):
+    """Training failed in the driver (a storage error while committing, a report timeout), as in Ray Train.
+
+    ``controller_failure`` is that error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        worker_failures: dict[int, BaseException] | None = None,
+        tracebacks: dict[int, str] | None = None,
+        controller_failure: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, worker_failures, tracebacks)
+        self.controller_failure = controller_failure
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.worker_failures, self.tracebacks, self.controller_failure))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit()`` was interrupted (Ctrl-C): its workers are stopped and the run is closed; the message says what
+    was committed. A KeyboardInterrupt, not a TrainkeepError, so that ``except Exception`` never swallows it."""
+
+
 class ReportTimeoutError(TrainkeepError, TimeoutError):
     """Some workers did not reach a report round in time (uneven ``report()`` calls, or a hung worker)."""
 

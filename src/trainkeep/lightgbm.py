@@ -35,7 +35,7 @@ class _LightGBMSetup(WorkerSetup):
 
 def get_network_params() -> dict[str, Any]:
     """Return the LightGBM params that join this worker to the others ({} with one worker)."""
-    from trainkeep import session
+    from trainkeep.trainer import session
 
     machines = os.environ.get(_ENV)
     if not machines:

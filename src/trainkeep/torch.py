@@ -121,7 +121,7 @@ def _free_port() -> int:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    from trainkeep import session
+    from trainkeep.trainer import session
 
     if session._session is not None:
         context = session._session.context
@@ -134,7 +134,7 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def _uses_gpu() -> bool:
-    from trainkeep import session
+    from trainkeep.trainer import session
 
     if session._session is not None:
         return bool(session._session.spec.use_gpu)

@@ -85,7 +85,7 @@ def _validate_stop(stop: StopCondition) -> None:
 
 def run_trainable(config: dict[str, Any]) -> Any:
     """Drive a Trainable inside a worker: resume, step, report, checkpoint on schedule. (The worker loop.)"""
-    from trainkeep import session
+    from trainkeep.trainer import session
 
     cls: type[Trainable] = config["trainable_cls"]
     stop: StopCondition = config["stop"]
@@ -116,7 +116,7 @@ def run_trainable(config: dict[str, Any]) -> Any:
 
 
 def _report_with_checkpoint(trainable: Trainable, metrics: dict[str, Any], rank0: bool) -> None:
-    from trainkeep import session
+    from trainkeep.trainer import session
 
     with tempfile.TemporaryDirectory(prefix="trainkeep_trainable_") as d:
         checkpoint = None

@@ -4,8 +4,8 @@ DESIGN §5 promise 6, in four settings: (a) a real ENOSPC from a 4 MiB tmpfs mou
 namespace, filled to leave 0, 1, 2, ... pages; (b) a real EFBIG from RLIMIT_FSIZE in a child (SIGXFSZ
 ignored); (c) FaultyStorage failing the k-th write of a report for every k, with ENOSPC, EIO and EACCES in
 turn, at the level of system calls on the local disk (whole and half-done writes) and of Storage calls in
-memory; (d) a failing or killed ASYNC upload inside a trainer's worker process, injected through
-TRAINKEEP_STORAGE_WRAPPER. Each time: the error is a StorageError naming the path and the errno, every
+memory; (d) a failing or killed ASYNC upload inside a trainer's worker process, injected through the
+trainer's storage wrapper (trainkeep.testing.injection). Each time: the error is a StorageError naming the path and the errno, every
 earlier checkpoint still verifies, retention did not run, nothing new is visible unless it is whole, a
 failed fsync is not retried, and once the fault is gone the next report succeeds with no manual step.
 """
@@ -31,9 +31,8 @@ from trainkeep.errors import StorageError
 from trainkeep.run import verify_checkpoint
 from trainkeep.storage import LocalStorage
 from trainkeep.testing import Expectation, check_run, is_call_write, is_syscall_write
-from trainkeep.testing.injection import FAULTS_ENV, WRAPPER
+from trainkeep.testing.injection import Faults, inject
 from trainkeep.testing.ioerrors import check_io_errors
-from trainkeep.trainer.injection import STORAGE_WRAPPER_ENV
 
 HERE = Path(__file__).resolve().parent
 
@@ -153,20 +152,19 @@ def test_a_storage_that_swallows_an_error_fails_the_check(local_root: str, scrat
 # ---------------------------------------------------------------------------------------------- inside a trainer
 
 
-def _fit(tmp_path: Path, epochs: int = 3) -> tk.Result:
+def _fit(tmp_path: Path, epochs: int = 3, faults: Faults | None = None) -> tk.Result:
+    (tmp_path / "src").mkdir(exist_ok=True)
     trainer = tk.DataParallelTrainer(
         fault_loops.train,
         train_loop_config={"epochs": epochs, "tmp": str(tmp_path / "src")},
         scaling_config=tk.ScalingConfig(num_workers=1),
         run_config=tk.RunConfig(name="run", storage_path=str(tmp_path),
                                 checkpoint_config=tk.CheckpointConfig(num_to_keep=1)))
-    return trainer.fit()
+    return (inject(trainer, faults) if faults is not None else trainer).fit()
 
 
-def _faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **plan: Any) -> None:
-    (tmp_path / "src").mkdir(exist_ok=True)
-    monkeypatch.setenv(STORAGE_WRAPPER_ENV, WRAPPER)
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"role": "worker", "once": str(tmp_path / "fired"), **plan}))
+def _faults(tmp_path: Path, **plan: Any) -> Faults:
+    return Faults(role="worker", once=str(tmp_path / "fired"), **plan)
 
 
 def _check_resumed(tmp_path: Path, result: tk.Result) -> None:
@@ -179,11 +177,11 @@ def _check_resumed(tmp_path: Path, result: tk.Result) -> None:
 
 
 def test_an_async_upload_failing_in_the_worker_fails_the_run_typed_and_the_next_fit_resumes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     # each upload moves one file: link, unlink, fsync: the 6th write is the fsync of epoch 1's file
-    _faults(monkeypatch, tmp_path, fail_at=6, errno=errno.EIO, among="syscall_write")
+    faults = _faults(tmp_path, fail_at=6, errno=errno.EIO, among="syscall_write")
     with pytest.raises(tk.TrainingFailedError) as info:
-        _fit(tmp_path)
+        _fit(tmp_path, faults=faults)
     cause = info.value.worker_failures[0]
     print(f"errors injected: 1 EIO in a worker's ASYNC upload: {cause}")
     assert isinstance(cause, StorageError) and cause.errno == errno.EIO
@@ -193,15 +191,14 @@ def test_an_async_upload_failing_in_the_worker_fails_the_run_typed_and_the_next_
     _check_resumed(tmp_path, _fit(tmp_path))
 
 
-def test_a_job_killed_inside_an_async_upload_resumes_from_its_last_commit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_killed_inside_an_async_upload_resumes_from_its_last_commit(tmp_path: Path) -> None:
     # worker operations per upload: put_tree, link, unlink, fsync_file; the 7th is the unlink in epoch 1's.
     # Epoch 0 may or may not be committed by then: an ASYNC report promises nothing durable when it returns.
-    _faults(monkeypatch, tmp_path, kill_before=7)
+    faults = _faults(tmp_path, kill_before=7)
     pid = os.fork()
     if pid == 0:  # the driver of this fit is killed by its worker, with the whole job
         try:
-            _fit(tmp_path)
+            _fit(tmp_path, faults=faults)
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)

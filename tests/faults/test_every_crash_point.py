@@ -46,8 +46,7 @@ from trainkeep.run import verify_checkpoint
 from trainkeep.storage import LocalStorage, Storage
 from trainkeep.storage.local import write_all
 from trainkeep.testing import CrashPointReport, Cycle, Expectation, check_crash_points, check_run
-from trainkeep.testing.injection import FAULTS_ENV, WRAPPER
-from trainkeep.trainer.injection import STORAGE_WRAPPER_ENV
+from trainkeep.testing.injection import Faults, inject
 
 SCENARIOS = {
     "first": Cycle(),
@@ -142,31 +141,31 @@ def test_a_storage_that_breaks_the_protocol_fails_the_check(broken: Callable[[],
 # ---------------------------------------------------------------------------------------------- inside a trainer
 
 
-def test_every_crash_point_of_a_trainer_worker_s_async_uploads(tmp_path, monkeypatch) -> None:
+def test_every_crash_point_of_a_trainer_worker_s_async_uploads(tmp_path) -> None:
     """The real ASYNC path: a DataParallelTrainer whose worker moves each epoch's file into the run from its
-    background uploader. TRAINKEEP_STORAGE_WRAPPER wraps the worker's storage; at every one of its operations
-    in turn the worker SIGKILLs its driver and itself (the whole job dies), and the run must check clean."""
+    background uploader. The trainer's storage wrapper (trainkeep.testing.injection) wraps the worker's storage;
+    at every one of its operations in turn the worker SIGKILLs its driver and itself (the whole job dies), and
+    the run must check clean."""
     import fault_loops
 
-    def fit(name: str) -> None:
+    def fit(name: str, faults: Faults) -> None:
         (tmp_path / "src").mkdir(exist_ok=True)
-        tk.DataParallelTrainer(fault_loops.train, train_loop_config={"epochs": 2, "tmp": str(tmp_path / "src")},
-                               run_config=tk.RunConfig(name=name, storage_path=str(tmp_path),
-                                                       checkpoint_config=CheckpointConfig(num_to_keep=1))).fit()
+        trainer = tk.DataParallelTrainer(
+            fault_loops.train, train_loop_config={"epochs": 2, "tmp": str(tmp_path / "src")},
+            run_config=tk.RunConfig(name=name, storage_path=str(tmp_path),
+                                    checkpoint_config=CheckpointConfig(num_to_keep=1)))
+        inject(trainer, faults).fit()
 
-    monkeypatch.setenv(STORAGE_WRAPPER_ENV, WRAPPER)
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"role": "worker", "log": str(tmp_path / "ops.log")}))
-    fit("count")
+    fit("count", Faults(role="worker", log=str(tmp_path / "ops.log")))
     n = len((tmp_path / "ops.log").read_text().splitlines())
     assert n == 8  # per epoch: put_tree, link, unlink, fsync of the moved file
     tried = []
     for k in range(1, n + 1):
-        monkeypatch.setenv(FAULTS_ENV, json.dumps({"role": "worker", "kill_before": k,
-                                                   "once": str(tmp_path / f"fired-{k}")}))
+        faults = Faults(role="worker", kill_before=k, once=str(tmp_path / f"fired-{k}"))
         pid = os.fork()
         if pid == 0:
             try:
-                fit(f"k{k}")
+                fit(f"k{k}", faults)
             finally:
                 os._exit(3)
         _, status = os.waitpid(pid, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -57,6 +58,7 @@ def test_when_retries_run_out_fit_raises_each_failed_rank_s_error(how, error, te
         fit(loop_config, run)
 
     failed = info.value
+    assert isinstance(failed, tk.WorkerGroupError) and not isinstance(failed, tk.ControllerError)
     assert list(failed.worker_failures) == [1]
     assert isinstance(failed.worker_failures[1], error) and text in str(failed.worker_failures[1])
     assert "2 attempt(s)" in str(failed) and text in str(failed)
@@ -106,7 +108,8 @@ def test_a_rank_that_returns_early_fails_the_run_at_once(loop_config, make_run):
     with pytest.raises(tk.ReportTimeoutError, match=r"rank 1 returned after 2 report\(\) call\(s\).*\[0\]") as info:
         fit(loop_config, run, fn=loops.uneven)
     assert time.monotonic() - started < 60  # not the 600 s timeout
-    assert isinstance(info.value, tk.TrainingFailedError)
+    assert isinstance(info.value, tk.TrainingFailedError) and isinstance(info.value, tk.ControllerError)
+    assert isinstance(info.value.controller_failure, tk.ReportTimeoutError)
     assert "1 attempt(s)" in str(info.value)  # uneven reports are a bug in the loop: not retried
 
 
@@ -163,3 +166,40 @@ def test_when_the_driver_is_killed_its_workers_die_and_the_next_fit_resumes(loop
     assert list_checkpoint_dirs(result.path) == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
     assert open(os.path.join(result.path, "checkpoint_000002", "shard_0.txt")).read() == "rank 0 epoch 2"
     assert verify_checkpoint(LocalStorage(), result.path, "checkpoint_000002") == []
+
+
+@pytest.mark.parametrize(("kind", "words"), [("lock", "could not be pickled"), ("driver", "could not be unpickled")])
+def test_a_return_value_that_cannot_reach_the_driver_warns_and_gives_none(make_run, caplog, kind, words):
+    with caplog.at_level(logging.WARNING, logger="trainkeep"):
+        result = tk.DataParallelTrainer(loops.returns_unpicklable, train_loop_config={"kind": kind},
+                                        run_config=make_run()).fit()
+    assert result.return_value is None and result.metrics == {"epoch": 0}
+    warnings = [r.getMessage() for r in caplog.records if "return value" in r.getMessage()]
+    assert len(warnings) == 1 and words in warnings[0] and "Result.return_value is None" in warnings[0]
+
+
+def test_ray_s_error_classes_sort_failures_into_worker_and_controller_errors():
+    """Ray Train's key-concepts error handling runs unchanged: WorkerGroupError or ControllerError."""
+    import pickle
+
+    from trainkeep.trainer.failures import AttemptFailed
+
+    storage_error = tk.StorageError("commit", "/run/checkpoint_000001", OSError(5, "Input/output error"))
+    controller = AttemptFailed(storage_error, True).to_training_error(1, 0)
+    assert isinstance(controller, tk.ControllerError) and controller.controller_failure is storage_error
+    assert controller.worker_failures == {}
+    workers = AttemptFailed(ValueError("x"), True, {0: ValueError("x")}).to_training_error(1, 0)
+    assert isinstance(workers, tk.WorkerGroupError) and list(workers.worker_failures) == [0]
+    bad_report = AttemptFailed(TypeError("score"), False, {1: TypeError("score")}).to_training_error(1, 0)
+    assert isinstance(bad_report, tk.WorkerGroupError) and isinstance(bad_report, TypeError)
+    copy = pickle.loads(pickle.dumps(controller))
+    assert type(copy) is type(controller) and type(copy.controller_failure) is tk.StorageError
+    caught = []
+    for error in (controller, workers):
+        try:
+            raise error
+        except tk.WorkerGroupError as e:
+            caught.append(("workers", e.worker_failures))
+        except tk.ControllerError as e:
+            caught.append(("controller", e.controller_failure))
+    assert [kind for kind, _ in caught] == ["controller", "workers"]

@@ -111,6 +111,13 @@ def probe_context(config: dict[str, Any]) -> None:
     tk.report({"rank": context.get_world_rank()})
 
 
+def probe_threads(config: dict[str, Any]) -> None:
+    """Log this rank's thread-count variables (set by resources_per_worker={"CPU": n})."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    log(config, json.dumps([tk.get_context().get_world_rank()] + [os.environ.get(n) for n in names]))
+    tk.report({})
+
+
 def all_ready(config: dict[str, Any], rank: int) -> None:
     """Wait (60 s at most) until every rank got here: a file handshake that does not use report()."""
     open(os.path.join(config["tmp"], f"ready_{rank}"), "w").close()
@@ -239,3 +246,24 @@ def report_then_hang(config: dict[str, Any]) -> None:
     if rank == 0:
         tk.report({"epoch": config["epochs"]}, checkpoint=write_checkpoint(config, rank, config["epochs"]))
     time.sleep(3600)
+
+
+class LoadsOnlyWhereMade:
+    """A value that pickles in the worker but cannot be unpickled in another process (the driver)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (_load_in, (os.getpid(),))
+
+
+def _load_in(pid: int) -> LoadsOnlyWhereMade:
+    if os.getpid() != pid:
+        raise RuntimeError("this value cannot be loaded outside the process that made it")
+    return LoadsOnlyWhereMade()
+
+
+def returns_unpicklable(config: dict[str, Any]) -> Any:
+    """Report once, then return a value the driver cannot receive (config["kind"]: "lock" or "driver")."""
+    import threading
+
+    tk.report({"epoch": 0})
+    return threading.Lock() if config["kind"] == "lock" else LoadsOnlyWhereMade()

@@ -62,7 +62,7 @@ def select_metrics(flat: dict[str, Any], wanted: list[str] | dict[str, str] | No
 
 def run_checkpoint_config() -> CheckpointConfig:
     """Return the CheckpointConfig of the run this worker belongs to (defaults outside a run)."""
-    from trainkeep import session
+    from trainkeep.trainer import session
 
     try:
         return session.get_context().get_checkpoint_config()
@@ -84,8 +84,8 @@ class ModelReporter:
         self._timing = resolve_timing(frequency, checkpoint_at_end)
 
     def _report(self, model: Any, metrics: dict[str, Any], with_checkpoint: bool) -> None:
-        from trainkeep import session
         from trainkeep.checkpoint import Checkpoint
+        from trainkeep.trainer import session
 
         if not with_checkpoint:
             session.report(metrics)

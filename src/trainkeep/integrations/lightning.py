@@ -51,7 +51,7 @@ class RayTrainReportCallback(pl.Callback):  # type: ignore[name-defined, misc]
         self._saved_at: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint
 
     def _report(self, trainer: Any, with_checkpoint: bool) -> None:
-        from trainkeep import session
+        from trainkeep.trainer import session
 
         metrics = {**_plain(dict(trainer.callback_metrics)), "epoch": trainer.current_epoch,
                    "step": trainer.global_step}
@@ -91,22 +91,22 @@ class RayLightningEnvironment(_envs.LightningEnvironment):  # type: ignore[name-
         return True
 
     def world_size(self) -> int:
-        from trainkeep import session
+        from trainkeep.trainer import session
 
         return session.get_context().get_world_size()
 
     def global_rank(self) -> int:
-        from trainkeep import session
+        from trainkeep.trainer import session
 
         return session.get_context().get_world_rank()
 
     def local_rank(self) -> int:
-        from trainkeep import session
+        from trainkeep.trainer import session
 
         return session.get_context().get_local_rank()
 
     def node_rank(self) -> int:
-        from trainkeep import session
+        from trainkeep.trainer import session
 
         return session.get_context().get_node_rank()
 

@@ -53,7 +53,7 @@ class RayTrainReportCallback(transformers.TrainerCallback):  # type: ignore[name
             control.should_save = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from trainkeep import session
+        from trainkeep.trainer import session
 
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         metrics = {**self._logged, "step": state.global_step, "epoch": float(state.epoch or 0.0)}

@@ -33,11 +33,13 @@ class LocalStorage(Storage):
     """The local disk, with fsync of files and directories and atomic rename."""
 
     is_local = True
-    # every call that changes the disk goes through this object; trainkeep.testing swaps it per instance
+    # every call that changes the disk goes through this object; trainkeep.testing passes a hooked one
     syscalls: Syscalls = SYSCALLS
 
-    def __init__(self) -> None:
+    def __init__(self, syscalls: Syscalls | None = None) -> None:
         self.fs = fsspec.filesystem("file")
+        if syscalls is not None:
+            self.syscalls = syscalls
 
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)

@@ -8,7 +8,7 @@
 * :func:`check_io_errors` fails each write of a report in turn (ENOSPC, EIO, EACCES) and checks the outcome.
 * :func:`check_power_loss` replays a local-disk cycle on a model of a disk that loses what was not fsynced,
   and checks every state a power cut could leave.
-* ``trainkeep.testing.injection`` carries faults into a trainer's worker processes (TRAINKEEP_STORAGE_WRAPPER).
+* ``trainkeep.testing.injection`` carries faults into a trainer's worker processes (``inject(trainer, Faults(...))``).
 
 See docs/testing.md for how to run these against your own storage.
 """

@@ -20,6 +20,7 @@ from typing import Any
 
 from trainkeep.errors import StorageError
 from trainkeep.storage.base import PutResult, Storage
+from trainkeep.storage.local import LocalStorage
 from trainkeep.storage.locking import RunLock
 
 WRITE_CALLS = frozenset({"makedirs", "write_atomic", "append", "truncate", "delete_file", "delete_tree",
@@ -107,8 +108,10 @@ class FaultyStorage(Storage):
     """A Storage that forwards every operation to ``inner``, counting and recording it, and that can fail it.
 
     Args:
-        inner: the storage under test. A LocalStorage gets its ``syscalls`` hook replaced, so that its system
-            calls are operations too (``syscalls=False`` leaves it alone).
+        inner: the storage under test. For a LocalStorage (or a subclass whose constructor takes ``syscalls=``),
+            the wrapper builds a fresh instance of its class with ``syscalls=`` a hook that makes each system
+            call an operation too, and forwards to that one; ``inner`` itself is not changed
+            (``syscalls=False``: forward to ``inner`` as it is).
         record: keep every operation in :attr:`ops` (marks are always kept).
         record_data: keep the bytes of every write (what the power-loss model needs).
 
@@ -140,10 +143,11 @@ class FaultyStorage(Storage):
         self._drops: set[int] = set()
         self._syncs = 0
         self._locks: list[RunLock] = []
-        if syscalls and getattr(inner, "syscalls", None) is not None:
+        if syscalls and isinstance(inner, LocalStorage):
             from trainkeep.testing.syscalls import FaultySyscalls
 
-            inner.syscalls = FaultySyscalls(self, inner.syscalls)  # type: ignore[attr-defined]
+            # a LocalStorage of our own, given the hooked system calls: the object passed in stays as it was
+            self.inner = type(inner)(syscalls=FaultySyscalls(self, inner.syscalls))
 
     # ------------------------------------------------------------------------------------------ faults
 

@@ -1,14 +1,16 @@
-"""Faults inside a trainer run: the factory to name in ``TRAINKEEP_STORAGE_WRAPPER`` (see trainer/injection.py).
+"""Faults inside a trainer run: a picklable storage wrapper that a trainer carries to its workers.
 
-The ASYNC upload path runs in the worker processes, out of a test's reach; this factory, named in the
-environment the workers inherit, wraps their storage (and the driver's) in a FaultyStorage configured by
-``TRAINKEEP_FAULTS``, a JSON object::
+The ASYNC upload path runs in the worker processes, out of a test's reach. :func:`inject` gives a trainer a
+:class:`Faults` plan explicitly; the trainer wraps the storage of its driver with ``plan(storage, "driver")``
+and ships the plan in the workers' start-up spec (``WorkerSpec.storage_wrapper``), where each worker wraps its
+storage with ``plan(storage, "worker")``. Nothing is read from the environment::
 
-    os.environ["TRAINKEEP_STORAGE_WRAPPER"] = "trainkeep.testing.injection:faulty_storage"
-    os.environ["TRAINKEEP_FAULTS"] = json.dumps({"role": "worker", "fail_at": 1, "errno": errno.ENOSPC,
-                                                 "among": "syscall_write", "once": str(tmp_path / "fired")})
+    trainer = tk.DataParallelTrainer(train, run_config=...)
+    inject(trainer, Faults(role="worker", fail_at=1, errno=errno.ENOSPC, among="syscall_write",
+                           once=str(tmp_path / "fired")))
+    trainer.fit()
 
-Keys: ``role`` ("driver" or "worker": who gets the fault); ``fail_at`` (k), ``errno``, ``among`` ("write",
+Fields: ``role`` ("driver" or "worker": who gets the fault); ``fail_at`` (k), ``errno``, ``among`` ("write",
 "syscall_write" or "call_write") and ``partial``: fail the k-th such operation; ``kill_before`` (k): SIGKILL
 before operation k; a worker kills its driver first, so the whole job dies, as on a lost machine; ``once``
 (a path): only the first process of that role to start gets the fault (it creates the file), so a
@@ -19,38 +21,69 @@ of that role to this file, to count them in an uninterrupted run.
 from __future__ import annotations
 
 import errno as _errno
-import json
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import TypeVar
 
+from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.storage import Storage
 from trainkeep.testing.faults import FaultyStorage, Op, is_call_write, is_syscall_write, is_write
 
-FAULTS_ENV = "TRAINKEEP_FAULTS"
-WRAPPER = "trainkeep.testing.injection:faulty_storage"
 _AMONG = {"write": is_write, "syscall_write": is_syscall_write, "call_write": is_call_write}
+_ROLES = ("driver", "worker")
+
+T = TypeVar("T")
 
 
-def faulty_storage(storage: Storage, role: str) -> Storage:
-    """Return ``storage`` wrapped with the faults of $TRAINKEEP_FAULTS meant for ``role`` (else unchanged).
+@dataclass(frozen=True)
+class Faults:
+    """A fault plan for one role of a trainer run; calling it wraps a storage (see the module docstring).
 
     Raises:
-        ValueError when $TRAINKEEP_FAULTS is not a JSON object of the keys above.
+        ConfigError (a ValueError) for an unknown ``role`` or ``among``.
     """
-    plan: dict[str, Any] = json.loads(os.environ.get(FAULTS_ENV) or "{}")
-    if not isinstance(plan, dict) or set(plan) - {"role", "fail_at", "errno", "among", "partial", "kill_before",
-                                                  "once", "log"}:
-        raise ValueError(f"{FAULTS_ENV} must be a JSON object with the keys of trainkeep.testing.injection, "
-                         f"got {plan!r}")
-    if plan.get("role", "worker") != role or not _first(plan.get("once")):
-        return storage
-    faulty = _LoggedStorage(storage, plan["log"]) if plan.get("log") else FaultyStorage(storage, record=False)
-    if "fail_at" in plan:
-        faulty.fail_at(int(plan["fail_at"]), int(plan.get("errno", _errno.EIO)), _AMONG[plan.get("among", "write")],
-                       bool(plan.get("partial", False)))
-    if "kill_before" in plan:
-        faulty.kill_before(int(plan["kill_before"]), also_kill=[os.getppid()] if role == "worker" else [])
-    return faulty
+
+    role: str = "worker"
+    fail_at: int | None = None
+    errno: int = _errno.EIO
+    among: str = "write"
+    partial: bool = False
+    kill_before: int | None = None
+    once: str | None = None
+    log: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in _ROLES:
+            raise ConfigError(f"Faults.role must be one of {_ROLES}, got {self.role!r}")
+        if self.among not in _AMONG:
+            raise ConfigError(f"Faults.among must be one of {tuple(_AMONG)}, got {self.among!r}")
+
+    def __call__(self, storage: Storage, role: str) -> Storage:
+        """Return ``storage`` wrapped with these faults when ``role`` is this plan's role (else unchanged)."""
+        if role != self.role or not _first(self.once):
+            return storage
+        faulty = _LoggedStorage(storage, self.log) if self.log else FaultyStorage(storage, record=False)
+        if self.fail_at is not None:
+            faulty.fail_at(self.fail_at, self.errno, _AMONG[self.among], self.partial)
+        if self.kill_before is not None:
+            faulty.kill_before(self.kill_before, also_kill=[os.getppid()] if role == "worker" else [])
+        return faulty
+
+
+def inject(trainer: T, faults: Faults) -> T:
+    """Give ``trainer`` (a DataParallelTrainer or a subclass) the fault plan ``faults``; return the trainer.
+
+    Raises:
+        ConfigTypeError (a TypeError) when ``trainer`` is not a trainkeep trainer or ``faults`` not a Faults.
+    """
+    from trainkeep.trainer import DataParallelTrainer
+
+    if not isinstance(trainer, DataParallelTrainer):
+        raise ConfigTypeError(f"inject() needs a trainkeep.DataParallelTrainer (or subclass), got {trainer!r}")
+    if not isinstance(faults, Faults):
+        raise ConfigTypeError(f"inject() needs a trainkeep.testing.injection.Faults, got {faults!r}")
+    trainer._storage_wrapper = faults
+    return trainer
 
 
 class _LoggedStorage(FaultyStorage):

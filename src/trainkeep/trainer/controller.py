@@ -23,8 +23,9 @@ from trainkeep.manager import CheckpointManager
 from trainkeep.manifest import FileEntry
 from trainkeep.storage import iter_files
 from trainkeep.trainer import protocol as p
-from trainkeep.trainer.backends.local import Exited, LocalWorkerGroup, Message
 from trainkeep.trainer.failures import AttemptFailed, describe_exit, unpack_exception
+from trainkeep.trainer.group import Event, Exited, WorkerGroup
+from trainkeep.trainer.interrupt import deferred_sigint
 from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,12 @@ class Controller:
 
     Args:
         manager: the run's open CheckpointManager.
-        group: the started worker group (already booted).
+        group: the started worker group (any :class:`~trainkeep.trainer.group.WorkerGroup`).
         timeout_s: how long the ranks that reached a round wait for the others before the attempt fails.
         start: the path of the checkpoint the workers started from, or None.
     """
 
-    def __init__(self, manager: CheckpointManager, group: LocalWorkerGroup, world_size: int, timeout_s: float,
+    def __init__(self, manager: CheckpointManager, group: WorkerGroup, world_size: int, timeout_s: float,
                  start: str | None) -> None:
         self.manager, self.group, self.world_size, self.timeout_s = manager, group, world_size, timeout_s
         self._base = manager.next_round
@@ -66,8 +67,9 @@ class Controller:
         """
         while len(self._finished) < self.world_size:
             events = self.group.wait(self._wait_timeout())
-            for event in events:
-                self._handle(event)
+            with deferred_sigint():  # a Ctrl-C stops the attempt between two events, never inside a commit
+                for event in events:
+                    self._handle(event)
             if self._failures:
                 raise _combine(self._failures)
             self._check_timeouts()
@@ -87,7 +89,7 @@ class Controller:
                 self.manager.abort(rnd.name)
         self._rounds.clear()
 
-    def _handle(self, event: Message | Exited) -> None:
+    def _handle(self, event: Event) -> None:
         try:
             if isinstance(event, Exited):
                 self._on_exit(event.rank, event.returncode)
@@ -219,6 +221,8 @@ class Controller:
         self._finished[rank] = self._counts[rank]
         if rank == 0:
             self._return_value = msg.return_value
+            if msg.warning:
+                logger.warning("%s", msg.warning)
         ahead = [r for r in range(self.world_size) if self._counts[r] > self._counts[rank]]
         if ahead:
             self._uneven(rank, ahead)
@@ -241,8 +245,8 @@ class Controller:
                 logger.warning("worker rank %d %s after its training function returned", rank,
                                describe_exit(returncode))
             return
-        pid = self.group.pids[rank]
-        self._fail(RuntimeError(f"worker rank {rank} (pid {pid}) {describe_exit(returncode)} while training"),
+        where = self.group.describe(rank)
+        self._fail(RuntimeError(f"worker rank {rank} ({where}) {describe_exit(returncode)} while training"),
                    True, rank)
 
     def _wait_timeout(self) -> float | None:
@@ -266,13 +270,15 @@ class Controller:
         raise AttemptFailed(error, retryable, failures, {rank: tb} if rank is not None and tb else {})
 
     def _load_return_value(self) -> Any:
+        """Return rank 0's return value, or None (with a warning) when it cannot be unpickled here."""
         if self._return_value is None:
             return None
         try:
             return pickle.loads(self._return_value)
-        except Exception as exc:
-            raise AttemptFailed(TypeError(f"rank 0's return value could not be unpickled in the driver: {exc}"),
-                                False) from exc
+        except Exception as exc:  # the training finished: its checkpoints count, the value is dropped (as Ray does)
+            logger.warning("rank 0's return value could not be unpickled in the driver, so Result.return_value "
+                           "is None: %s: %s", type(exc).__name__, exc)
+            return None
 
 
 def _combine(failures: list[AttemptFailed]) -> AttemptFailed:

@@ -21,12 +21,12 @@ from trainkeep.config import DEFAULT_STORAGE_PATH, RunConfig, ScalingConfig, def
 from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
-from trainkeep.storage import resolve
+from trainkeep.storage import Storage, resolve
+from trainkeep.trainer import interrupt, sources
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
 from trainkeep.trainer.controller import Controller
 from trainkeep.trainer.failures import AttemptFailed
-from trainkeep.trainer.injection import driver_storage
 from trainkeep.trainer.setup import WorkerSetup
 
 logger = logging.getLogger(__name__)
@@ -45,18 +45,22 @@ class DataParallelTrainer:
         train_loop_per_worker: the training function; it takes ``train_loop_config`` as its one argument, or
             no argument. It is shipped to the workers with cloudpickle, so closures and lambdas work.
         train_loop_config: a dict passed to the function.
-        scaling_config: how many workers (default 1).
+        scaling_config: how many workers (default 1); ``resources_per_worker={"CPU": n}`` sets each worker's
+            thread counts (see :func:`local_thread_env`).
         run_config: where the run lives, what to keep, how many restarts (default: a fresh timestamped run
             under ``~/trainkeep_results``).
 
     Raises:
-        ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments, and a ValueError when the
+        ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments (``resources_per_worker``
+        keys other than "CPU" included, which this local executor cannot honour), and a ValueError when the
         CheckpointConfig asks for ``checkpoint_frequency`` or ``checkpoint_at_end``, which a training function
         that owns its loop cannot honour: report a checkpoint from the loop instead.
     """
 
     _owns_loop = False  # subclasses that drive the loop themselves (TrainableTrainer) honour frequency/at_end
     _setup: WorkerSetup = WorkerSetup()
+    # set by trainkeep.testing.injection.inject() only: wraps the driver's and every worker's storage
+    _storage_wrapper: p.StorageWrapper | None = None
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None) -> None:
@@ -77,6 +81,7 @@ class DataParallelTrainer:
             raise ConfigError("train_loop_config was given, but train_loop_per_worker takes no argument; "
                               "define it as train_loop_per_worker(config)")
         self._check_checkpoint_timing()
+        self._thread_env = local_thread_env(self.scaling_config)
 
     def _check_checkpoint_timing(self) -> None:
         config = self.run_config.checkpoint_config
@@ -107,26 +112,41 @@ class DataParallelTrainer:
         Raises:
             TrainingFailedError carrying each failed rank's exception and traceback (also a TypeError /
             ValueError when a report was invalid, a ReportTimeoutError when ranks reported unevenly);
-            RunLockedError when another writer holds the run; TypeError when the function cannot be pickled.
+            RunLockedError when another writer holds the run; TypeError when the function cannot be pickled;
+            TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, once the workers are stopped and the run is
+            closed, saying what was committed (uncaught, it prints that one line and no traceback).
         """
-        # 1. Pickle what the workers need; nothing is written if that fails.
-        storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
-        run_url = self._run_url(str(storage_path))
-        spec = self._pickled_spec(str(storage_path), run_url)
-        # 2. Open the run: resume it if it exists, take its lock.
-        with _without_manager_resume_line():
-            manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
-                                        self.run_config.storage_filesystem,
-                                        storage=driver_storage(run_url, self.run_config.storage_filesystem))
+        try:
+            # 1. Pickle what the workers need; nothing is written if that fails.
+            storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
+            run_url = self._run_url(str(storage_path))
+            spec = self._pickled_spec(str(storage_path), run_url)
+            # 2. Open the run: resume it if it exists, take its lock.
+            with _without_manager_resume_line():
+                manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
+                                            self.run_config.storage_filesystem, storage=self._driver_storage(run_url))
+        except KeyboardInterrupt:
+            raise interrupt.interrupted(interrupt.summary(None)) from None
         # 3. Run attempts until one succeeds, the input is bad, or no retries are left.
         try:
             value = self._run_attempts(manager, spec)
             result = _result(manager, value)
+        except KeyboardInterrupt:  # Ctrl-C: the workers are gone, unfinished rounds swept; say what is committed
+            with interrupt.sigint_ignored():
+                line = interrupt.summary(manager)
+                manager.close("failed")
+            raise interrupt.interrupted(line) from None
         except BaseException:
             manager.close("failed")
             raise
         manager.close("finished")
         return result
+
+    def _driver_storage(self, run_url: str) -> Storage | None:
+        """Return the driver's storage wrapped for a test, or None (the manager's own) when no wrapper is set."""
+        if self._storage_wrapper is None:
+            return None
+        return self._storage_wrapper(resolve(run_url, self.run_config.storage_filesystem)[0], "driver")
 
     def _run_url(self, storage_path: str) -> str:
         name = self.run_config.name
@@ -146,7 +166,7 @@ class DataParallelTrainer:
         spec = p.WorkerSpec(
             self.train_loop_per_worker, self.train_loop_config, self._takes_config, self.scaling_config.num_workers,
             self._name, storage_path, run_path, storage.fs, self.run_config.checkpoint_config, self._setup,
-            self.scaling_config.use_gpu,
+            self.scaling_config.use_gpu, self._storage_wrapper, sources.code_files(self.train_loop_per_worker),
         )
         try:
             return cloudpickle.dumps(spec)
@@ -173,8 +193,8 @@ class DataParallelTrainer:
                 if not failed.retryable or (max_failures != -1 and failures >= max_failures):
                     raise failed.to_training_error(failures + 1, max_failures) from failed.error
                 failures += 1
-                logger.warning("worker group failed (%s); restart %d of %s from the latest checkpoint", failed,
-                               failures, "unlimited" if max_failures == -1 else max_failures)
+                logger.warning("worker group failed (%s); restart %d of %s from the latest checkpoint",
+                               _first_line(str(failed)), failures, "unlimited" if max_failures == -1 else max_failures)
             finally:
                 manager.protected = set()
 
@@ -182,7 +202,8 @@ class DataParallelTrainer:
         """Run one worker group to its end; on any exit, kill what is left, then sweep unfinished rounds."""
         world_size = self.scaling_config.num_workers
         timeout = self.run_config.report_timeout_s or DEFAULT_REPORT_TIMEOUT_S
-        group = LocalWorkerGroup(self._setup.worker_envs(world_size))
+        group = LocalWorkerGroup()  # the one executor today; the controller sees only the WorkerGroup interface
+        group.start([{**self._thread_env, **env} for env in self._setup.worker_envs(world_size)])
         controller = Controller(manager, group, world_size, timeout, start.path if start else None)
         try:
             for rank in range(world_size):
@@ -191,12 +212,43 @@ class DataParallelTrainer:
             group.join(EXIT_TIMEOUT_S)
             return value
         finally:
-            group.kill()  # first: no worker may still write into a directory that is about to be swept
-            controller.discard()
+            with interrupt.sigint_ignored():  # a second Ctrl-C must not cut the clean-up short
+                group.kill()  # first: no worker may still write into a directory that is about to be swept
+                controller.discard()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train_loop_per_worker={getattr(self.train_loop_per_worker, '__name__', '?')}, "
                 f"num_workers={self.scaling_config.num_workers})")
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+"""The thread-count variables that ``resources_per_worker={"CPU": n}`` sets in each worker's environment."""
+
+
+def local_thread_env(scaling_config: ScalingConfig) -> dict[str, str]:
+    """Return what the local executor makes of ``resources_per_worker``: the thread-count environment.
+
+    The local executor runs every worker on this machine and reserves nothing; ``{"CPU": n}`` caps the threads
+    each worker's math libraries start (OpenMP, MKL, OpenBLAS, NumExpr; torch reads ``OMP_NUM_THREADS``) at
+    ``n`` rounded down, at least 1 (``0`` leaves them alone), as Ray Train does for its workers.
+
+    Raises:
+        ConfigError (a ValueError) for any other resource: "GPU" (use ``use_gpu=True``: one device per worker)
+        and custom resources need an executor that places workers by resources ("ray", not yet available).
+    """
+    resources = scaling_config.resources_per_worker or {}
+    other = sorted(key for key in resources if key != "CPU")
+    if other:
+        raise ConfigError(
+            f"ScalingConfig(resources_per_worker={resources!r}): the local executor honours only 'CPU' (the "
+            f"thread count of each worker), not {other}. For GPUs pass use_gpu=True (one device per worker); "
+            "GPU fractions and custom resources need an executor that places workers by resources ('ray', "
+            "which trainkeep does not provide yet)."
+        )
+    if not resources.get("CPU"):
+        return {}
+    threads = str(max(1, int(resources["CPU"])))
+    return dict.fromkeys(THREAD_VARIABLES, threads)
 
 
 def takes_config(fn: Callable[..., Any]) -> bool:
@@ -217,6 +269,12 @@ def takes_config(fn: Callable[..., Any]) -> bool:
             continue
     raise ConfigError(f"train_loop_per_worker must take one argument (the config) or none, got {fn!r} "
                       f"with signature {signature}")
+
+
+def _first_line(text: str) -> str:
+    """Return the first line of ``text`` (log lines stay one line each), marking that more was cut."""
+    first, _, rest = text.partition("\n")
+    return first + (" [...]" if rest.strip() else "")
 
 
 def _name_of(checkpoint: Checkpoint) -> str:

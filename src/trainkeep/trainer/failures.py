@@ -9,18 +9,18 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 
-from trainkeep.errors import ReportTimeoutError, TrainingFailedError
+from trainkeep.errors import ControllerError, ReportTimeoutError, TrainingFailedError, WorkerGroupError
 
 
-class InvalidReportError(TrainingFailedError, ValueError):
+class InvalidReportError(WorkerGroupError, ValueError):
     """The run failed on a bad value passed to ``report()`` (also a ValueError); it is never retried."""
 
 
-class InvalidReportTypeError(TrainingFailedError, TypeError):
+class InvalidReportTypeError(WorkerGroupError, TypeError):
     """The run failed on a value of the wrong type passed to ``report()`` (also a TypeError); never retried."""
 
 
-class ReportTimeoutFailure(TrainingFailedError, ReportTimeoutError):
+class ReportTimeoutFailure(ControllerError, ReportTimeoutError):
     """The run failed because some ranks did not reach a report round (also a ReportTimeoutError)."""
 
 
@@ -89,14 +89,19 @@ class AttemptFailed(Exception):
         for rank, text in sorted(self.tracebacks.items()):
             if text:
                 message += f"\n\n--- traceback of rank {rank} ---\n{text.rstrip()}"
-        return _error_class(self.error, self.retryable)(message, self.failures, self.tracebacks)
+        cls = _error_class(self.error, self.retryable, bool(self.failures))
+        if issubclass(cls, ControllerError):
+            return cls(message, self.failures, self.tracebacks, self.error)
+        return cls(message, self.failures, self.tracebacks)
 
 
-def _error_class(error: BaseException, retryable: bool) -> type[TrainingFailedError]:
+def _error_class(error: BaseException, retryable: bool, by_workers: bool) -> type[TrainingFailedError]:
+    """Return the class of the error ``fit()`` raises: a WorkerGroupError when workers failed, else a
+    ControllerError (Ray Train's two subclasses), with the builtin of bad input or of a timeout mixed in."""
     if isinstance(error, ReportTimeoutError):
         return ReportTimeoutFailure
     if not retryable and isinstance(error, TypeError):
         return InvalidReportTypeError
     if not retryable and isinstance(error, ValueError):
         return InvalidReportError
-    return TrainingFailedError
+    return WorkerGroupError if by_workers else ControllerError

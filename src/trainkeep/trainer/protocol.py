@@ -18,11 +18,17 @@ Round ``k`` of an attempt is made of the k-th ``Announce`` of every rank. A repo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trainkeep.config import CheckpointConfig
 from trainkeep.manifest import FileEntry
+
+if TYPE_CHECKING:
+    from trainkeep.storage import Storage
+
+StorageWrapper = Callable[["Storage", str], "Storage"]
+"""``wrapper(storage, role)`` -> the storage to use, ``role`` "driver" or "worker" (``trainkeep.testing``)."""
 
 
 @dataclass
@@ -40,6 +46,8 @@ class WorkerSpec:
     checkpoint_config: CheckpointConfig
     setup: Any
     use_gpu: bool = False
+    storage_wrapper: StorageWrapper | None = None  # fault injection in tests: see trainkeep.testing.injection
+    code_files: dict[tuple[str, int], str] = field(default_factory=dict)  # see trainer/sources.py
 
 # ---------------------------------------------------------------------------------------------- to the driver
 
@@ -75,9 +83,11 @@ class Failed(NamedTuple):
 
 
 class Finished(NamedTuple):
-    """The training function returned; rank 0 sends its pickled return value."""
+    """The training function returned; rank 0 sends its pickled return value (None when it cannot be pickled:
+    ``warning`` then says why)."""
 
     return_value: bytes | None
+    warning: str = ""
 
 
 class Query(NamedTuple):

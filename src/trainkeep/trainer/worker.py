@@ -16,8 +16,9 @@ from typing import Any
 
 import cloudpickle
 
-from trainkeep import session as session_module
 from trainkeep.trainer import protocol as p
+from trainkeep.trainer import session as session_module
+from trainkeep.trainer import sources
 from trainkeep.trainer.failures import pack_exception
 
 
@@ -47,19 +48,21 @@ def run(conn: Connection, boot: p.Boot) -> int:
     session: session_module.Session | None = None
     try:
         spec: p.WorkerSpec = cloudpickle.loads(boot.spec)
+        with contextlib.suppress(Exception):  # only cosmetic: tracebacks show the user's files and lines
+            sources.restore_files(spec.train_fn, spec.code_files)
         session = session_module.Session(conn, spec, boot.rank, boot.start_checkpoint)
         session_module.install(session)
         spec.setup.start(session.context, spec)
         value = _call(spec)
         session.finish()
         spec.setup.stop()
-        packed = _pack_return_value(value, session) if boot.rank == 0 else None
-        conn.send(p.Finished(packed))
+        packed, warning = _pack_return_value(value) if boot.rank == 0 else (None, "")
+        conn.send(p.Finished(packed, warning))
         return 0
     except BaseException as exc:
         if session is not None:
             session.drain()  # reports made before the failure still commit: their uploads finish first
-        data, text = pack_exception(exc)
+        data, text = pack_exception(_from_user_frames(exc))
         # a function that cannot even be loaded here, or a bad report, would fail the same way again
         bad_input = session is None or exc is session.bad_input
         with contextlib.suppress(OSError):
@@ -69,19 +72,29 @@ def run(conn: Connection, boot: p.Boot) -> int:
         session_module.install(None)
 
 
+def _from_user_frames(exc: BaseException) -> BaseException:
+    """Drop this module's own frames from the top of ``exc``'s traceback (it starts at the user's function)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return exc.with_traceback(tb)
+
+
 def _call(spec: p.WorkerSpec) -> Any:
     if spec.takes_config:
         return spec.train_fn(spec.config if spec.config is not None else {})
     return spec.train_fn()
 
 
-def _pack_return_value(value: Any, session: session_module.Session) -> bytes:
+def _pack_return_value(value: Any) -> tuple[bytes | None, str]:
+    """Return ``value`` pickled, or None and a warning when it cannot be (the training still succeeded)."""
+    if value is None:
+        return None, ""
     try:
-        return cloudpickle.dumps(value)
+        return cloudpickle.dumps(value), ""
     except Exception as exc:
-        error = TypeError(f"the training function's return value on rank 0 could not be pickled: {exc}")
-        session.bad_input = error  # it would fail the same way again: not worth a restart
-        raise error from exc
+        return None, (f"the training function's return value on rank 0 ({type(value).__name__}) could not be "
+                      f"pickled, so Result.return_value is None: {type(exc).__name__}: {exc}")
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -1,4 +1,6 @@
-"""A group of worker processes on this machine, each with a duplex connection to the driver.
+"""LocalWorkerGroup: the worker processes of this machine, each with a duplex connection to the driver.
+
+The first implementation of :class:`~trainkeep.trainer.group.WorkerGroup`.
 
 Workers are started with ``subprocess`` (fork + exec of a fresh interpreter: nothing of the driver's memory,
 locks or threads is inherited) rather than ``multiprocessing``'s spawn, because spawn re-imports the user's
@@ -21,27 +23,17 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Any, NamedTuple
+from typing import Any
 
-import trainkeep
+from trainkeep.trainer.group import Event, Exited, Message, WorkerGroup
 
 logger = logging.getLogger(__name__)
 
 _BOOTSTRAP = "from trainkeep.trainer.worker import main; main()"
 
 
-class Message(NamedTuple):
-    """A message from worker ``rank``."""
-
-    rank: int
-    body: Any
-
-
-class Exited(NamedTuple):
-    """Worker ``rank``'s process ended with ``returncode`` (negative: killed by that signal)."""
-
-    rank: int
-    returncode: int | None
+# the directory that holds the trainkeep package, put first on the workers' PYTHONPATH
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 class _Worker:
@@ -51,15 +43,18 @@ class _Worker:
         self.alive = True
 
 
-class LocalWorkerGroup:
-    """Start ``len(envs)`` worker processes; worker ``rank`` gets ``envs[rank]`` added to its environment.
+class LocalWorkerGroup(WorkerGroup):
+    """Worker processes on this machine, started by ``start`` with ``subprocess``; a death is seen via a pidfd."""
 
-    Raises:
-        OSError when a process cannot be started (the ones already started are killed).
-    """
-
-    def __init__(self, envs: list[dict[str, str]]) -> None:
+    def __init__(self) -> None:
         self._workers: list[_Worker] = []
+
+    def start(self, envs: list[dict[str, str]]) -> None:
+        """Start ``len(envs)`` worker processes; worker ``rank`` gets ``envs[rank]`` added to its environment.
+
+        Raises:
+            OSError when a process cannot be started (the ones already started are killed).
+        """
         try:
             for rank, env in enumerate(envs):
                 self._workers.append(_start(rank, env))
@@ -68,8 +63,16 @@ class LocalWorkerGroup:
             raise
 
     @property
+    def world_size(self) -> int:
+        return len(self._workers)
+
+    @property
     def pids(self) -> list[int]:
+        """The process ids of the workers, by rank."""
         return [w.proc.pid for w in self._workers]
+
+    def describe(self, rank: int) -> str:
+        return f"pid {self._workers[rank].proc.pid}"
 
     def send(self, rank: int, message: Any) -> None:
         """Send ``message`` to worker ``rank``; a worker that is already gone is skipped."""
@@ -81,7 +84,7 @@ class LocalWorkerGroup:
         except (BrokenPipeError, ConnectionResetError):
             worker.conn_open = False  # its exit is reported by wait()
 
-    def wait(self, timeout: float | None) -> list[Message | Exited]:
+    def wait(self, timeout: float | None) -> list[Event]:
         """Block until a worker sends something or exits, or ``timeout`` seconds pass; return what happened.
 
         Messages of a worker always come before its exit, so a worker that reports and then ends is seen in
@@ -95,7 +98,7 @@ class LocalWorkerGroup:
                 handles[w.pidfd] = (w, "pid")
         if not handles:
             return []
-        events: list[Message | Exited] = []
+        events: list[Event] = []
         ready = wait(list(handles), timeout)
         for handle in ready:
             worker, kind = handles[handle]
@@ -107,7 +110,7 @@ class LocalWorkerGroup:
                 self._reap(worker, events)
         return events
 
-    def _drain(self, worker: _Worker, events: list[Message | Exited]) -> None:
+    def _drain(self, worker: _Worker, events: list[Event]) -> None:
         try:
             while worker.conn_open and worker.conn.poll():
                 events.append(Message(worker.rank, worker.conn.recv()))
@@ -116,7 +119,7 @@ class LocalWorkerGroup:
             if worker.pidfd is None:  # no pidfd on this platform: the end of the connection is the exit signal
                 self._reap(worker, events)
 
-    def _reap(self, worker: _Worker, events: list[Message | Exited]) -> None:
+    def _reap(self, worker: _Worker, events: list[Event]) -> None:
         if worker.conn_open:
             self._drain(worker, events)
         if not worker.alive:
@@ -160,8 +163,7 @@ class LocalWorkerGroup:
 def _start(rank: int, extra_env: dict[str, str]) -> _Worker:
     parent_sock, child_sock = socket.socketpair()
     env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(trainkeep.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra_env)
     try:

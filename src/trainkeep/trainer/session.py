@@ -26,7 +26,6 @@ from trainkeep.storage import list_source_files, storage_for
 from trainkeep.storage.fastcopy import hash_file
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.failures import pack_exception
-from trainkeep.trainer.injection import wrap_storage
 from trainkeep.trainer.uploader import AsyncUploader
 
 logger = logging.getLogger(__name__)
@@ -55,18 +54,26 @@ class TrainContext:
         self._spec, self._rank = spec, rank
 
     def get_world_rank(self) -> int:
+        """Return this worker's rank among all workers, ``0 .. world_size - 1``."""
         return self._rank
 
     def get_local_rank(self) -> int:
-        return self._rank  # one machine: the local rank is the world rank
+        """Return this worker's rank among the workers of its machine.
+
+        The local executor runs every worker on one machine, so this is the world rank.
+        """
+        return self._rank
 
     def get_world_size(self) -> int:
+        """Return the number of workers."""
         return self._spec.world_size
 
     def get_local_world_size(self) -> int:
+        """Return the number of workers on this worker's machine: all of them with the local executor."""
         return self._spec.world_size
 
     def get_node_rank(self) -> int:
+        """Return the rank of this worker's machine: always 0 with the local executor (one machine)."""
         return 0
 
     def get_experiment_name(self) -> str:
@@ -98,7 +105,9 @@ class Session:
     def __init__(self, conn: Connection, spec: p.WorkerSpec, rank: int, start_checkpoint: str | None) -> None:
         self.spec, self.rank, self.context = spec, rank, TrainContext(spec, rank)
         self._conn = conn
-        self._storage = wrap_storage(storage_for(spec.filesystem), "worker")  # a no-op outside tests
+        self._storage = storage_for(spec.filesystem)
+        if spec.storage_wrapper is not None:  # tests only: trainkeep.testing.injection
+            self._storage = spec.storage_wrapper(self._storage, "worker")
         self._start = Checkpoint(start_checkpoint, spec.filesystem) if start_checkpoint else None
         self._reports = 0
         self._send_lock = threading.Lock()
