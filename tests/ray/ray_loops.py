@@ -1,0 +1,57 @@
+"""Training functions of the Ray executor tests (importable by the workers through the driver's sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import trainkeep as tk
+
+
+def log(path: str, line: str) -> None:
+    """Append one line to the test's log (every simulated node shares this machine's disk)."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def read_log(path: str) -> list[str]:
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def train(config: dict[str, Any]) -> dict[str, Any]:
+    """Report ``config["losses"]`` one per epoch, every rank with its shard; resume from the latest checkpoint.
+
+    ``config["gate"] = [epoch, path]``: before that epoch, wait until ``path`` exists (the test acts meanwhile).
+    """
+    import ray
+
+    context = tk.get_context()
+    rank = context.get_world_rank()
+    start = tk.get_checkpoint()
+    epoch0 = 0
+    if start is not None:
+        with start.as_directory() as d, open(os.path.join(d, "state.json")) as f:
+            epoch0 = json.load(f)["epoch"] + 1
+    node_id = ray.get_runtime_context().get_node_id()
+    log(config["log"], f"start rank={rank} epoch={epoch0} node={node_id} node_rank={context.get_node_rank()} "
+                       f"local={context.get_local_rank()}/{context.get_local_world_size()} "
+                       f"master={os.environ.get('MASTER_ADDR')} from={start.path.rsplit('/', 1)[1] if start else None}")
+    for epoch in range(epoch0, len(config["losses"])):
+        gate = config.get("gate")
+        if gate and gate[0] == epoch:
+            log(config["log"], f"gate rank={rank} node={node_id}")
+            while not os.path.exists(gate[1]):
+                time.sleep(0.05)
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, f"shard_{rank}.txt"), "w") as f:
+                f.write(f"rank {rank} epoch {epoch}")
+            if rank == 0:
+                with open(os.path.join(d, "state.json"), "w") as f:
+                    json.dump({"epoch": epoch}, f)
+            tk.report({"epoch": epoch, "loss": config["losses"][epoch]},
+                      checkpoint=tk.Checkpoint.from_directory(d))
+    return {"rank": rank, "epochs": len(config["losses"])}
