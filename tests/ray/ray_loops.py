@@ -55,3 +55,19 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
             tk.report({"epoch": epoch, "loss": config["losses"][epoch]},
                       checkpoint=tk.Checkpoint.from_directory(d))
     return {"rank": rank, "epochs": len(config["losses"])}
+
+
+def torch_train(config: dict[str, Any]) -> None:
+    """All-reduce ``rank + 1`` over the TorchTrainer's process group; log what each rank saw."""
+    import ray
+    import torch
+    import torch.distributed as dist
+
+    context = tk.get_context()
+    total = torch.tensor([float(context.get_world_rank() + 1)])
+    dist.all_reduce(total)
+    env = " ".join(f"{key}={os.environ[key]}" for key in ("MASTER_ADDR", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                                                           "NODE_RANK"))
+    log(config["log"], f"torch rank={context.get_world_rank()} sum={total.item():g} local={context.get_local_rank()} "
+                       f"node={ray.get_runtime_context().get_node_id()} {env}")
+    tk.report({"sum": total.item()})

@@ -133,6 +133,23 @@ def test_local_storage_must_be_seen_by_every_node_of_the_group(ray_cluster, tmp_
     assert [n for n in os.listdir(tmp_path / "storage") if n.startswith(".trainkeep-probe")] == []
 
 
+def test_a_torch_trainer_joins_its_ray_workers_into_one_process_group(ray_cluster, s3, log_path) -> None:
+    pytest.importorskip("torch")
+    from trainkeep.torch import TorchTrainer
+
+    result = TorchTrainer(loops.torch_train, train_loop_config={"log": log_path},
+                          scaling_config=tk.ScalingConfig(num_workers=3, placement_strategy="SPREAD"),
+                          run_config=_run_config(s3, "torch")).fit()
+    assert result.metrics == {"sum": 6.0}
+    lines = sorted(read_log(log_path))
+    seen = [dict(part.split("=", 1) for part in line.split()[1:]) for line in lines]
+    assert [s["sum"] for s in seen] == ["6"] * 3
+    assert all(s["RANK"] == s["rank"] and s["LOCAL_RANK"] == s["local"] and s["MASTER_ADDR"] == "127.0.0.1"
+               for s in seen)
+    for s in seen:  # LOCAL_WORLD_SIZE counts the workers of the rank's node
+        assert s["LOCAL_WORLD_SIZE"] == str(sum(t["node"] == s["node"] for t in seen))
+
+
 def test_a_removed_node_is_a_worker_failure_and_the_run_resumes_on_the_nodes_left(ray_cluster, s3, tmp_path,
                                                                                   log_path) -> None:
     gate = str(tmp_path / "gate")

@@ -20,7 +20,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge, wait
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge, wait
 from typing import Any
 
 from trainkeep.config import ScalingConfig
@@ -70,8 +70,12 @@ class _WorkerActor:
         from trainkeep.trainer import worker
 
         os.environ.update(env)
-        conn = Client(address, family="AF_INET", authkey=authkey)
+        sock = socket.create_connection(address)  # IPv4 or IPv6, unlike multiprocessing's Client
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        conn = Connection(sock.detach())
         try:
+            answer_challenge(conn, authkey)  # the driver's listener checks this end first, then proves itself
+            deliver_challenge(conn, authkey)
             conn.send(rank)
             return worker.serve(conn)
         finally:
@@ -201,7 +205,8 @@ class RayWorkerGroup(WorkerGroup):
         try:
             host = ray.util.get_node_ip_address()  # 127.0.0.1 when Ray runs on loopback
             authkey = os.urandom(32)
-            with socket.create_server((host, 0)) as listener:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.create_server((host, 0), family=family) as listener:
                 address = listener.getsockname()[:2]
                 for rank, (r, env) in enumerate(zip(self._ranks, envs, strict=True)):
                     r.ref = r.actor.serve.remote(address, authkey, rank, env)
