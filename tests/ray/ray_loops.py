@@ -71,3 +71,20 @@ def torch_train(config: dict[str, Any]) -> None:
     log(config["log"], f"torch rank={context.get_world_rank()} sum={total.item():g} local={context.get_local_rank()} "
                        f"node={ray.get_runtime_context().get_node_id()} {env}")
     tk.report({"sum": total.item()})
+
+
+def connections(config: dict[str, Any]) -> dict[str, Any]:
+    """Return this worker's inet connections and the driver's (``config["driver_pid"]``), while connected."""
+    import psutil
+
+    def of(pid: int) -> list[tuple[str, str, str]]:
+        return [(c.laddr.ip if c.laddr else "", c.raddr.ip if c.raddr else "", c.status)
+                for c in psutil.Process(pid).net_connections(kind="inet")]
+
+    def ports(pid: int) -> list[tuple[int, int]]:
+        return [(c.laddr.port, c.raddr.port) for c in psutil.Process(pid).net_connections(kind="inet")
+                if c.laddr and c.raddr]
+
+    tk.report({"rank": tk.get_context().get_world_rank()})
+    return {"mine": of(os.getpid()), "driver": of(config["driver_pid"]), "my_ports": ports(os.getpid()),
+            "driver_ports": ports(config["driver_pid"])}

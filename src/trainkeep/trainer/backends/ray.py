@@ -116,6 +116,7 @@ class RayWorkerGroup(WorkerGroup):
                  probe_view: ProbeView | None = None) -> None:
         self._scaling, self._shared_dir, self._probe_view = scaling, shared_dir, probe_view
         self._pg: Any = None
+        self._actors: list[Any] = []  # every actor started, by bundle: kill() reaches them before ranks exist
         self._ranks: list[_Rank] = []
 
     # ------------------------------------------------------------------------------------------ placement
@@ -142,7 +143,7 @@ class RayWorkerGroup(WorkerGroup):
                                        strategy=self._scaling.placement_strategy)
             self._wait_placed(ray)
             other = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
-            actors = [_remote_actor().options(
+            self._actors = actors = [_remote_actor().options(
                 num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0), resources=other or None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
             ).remote() for i in range(self._scaling.num_workers)]
@@ -340,9 +341,10 @@ class RayWorkerGroup(WorkerGroup):
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for r in self._ranks:
+        for actor in self._actors:
             with contextlib.suppress(Exception):
-                ray.kill(r.actor, no_restart=True)
+                ray.kill(actor, no_restart=True)
+        for r in self._ranks:
             if r.conn is not None:
                 r.conn.close()
         refs = [r.ref for r in self._ranks if r.ref is not None]
