@@ -3,6 +3,7 @@ environment (GPU devices included), and the executor choice."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -46,13 +47,35 @@ def test_the_fit_check_counts_whole_workers_per_node() -> None:
 
 
 def test_ranks_are_consecutive_per_node_in_the_order_the_nodes_first_appear() -> None:
-    landings = [Landing("b", "10.0.0.2", []), Landing("a", "10.0.0.1", []), Landing("b", "10.0.0.2", []),
-                Landing("c", "10.0.0.3", []), Landing("a", "10.0.0.1", [])]
+    landings = [Landing("b", "10.0.0.2", [], 100), Landing("a", "10.0.0.1", [], 101),
+                Landing("b", "10.0.0.2", [], 102), Landing("c", "10.0.0.3", [], 103),
+                Landing("a", "10.0.0.1", [], 104)]
     order, layout = assign_ranks(landings)
     assert order == [0, 2, 1, 4, 3]
     assert layout.placements == [Placement(0, 0, 2), Placement(0, 1, 2), Placement(1, 0, 2), Placement(1, 1, 2),
                                  Placement(2, 0, 1)]
     assert layout.node_ips == ["10.0.0.2", "10.0.0.2", "10.0.0.1", "10.0.0.1", "10.0.0.3"]
+    assert layout.ports == [100, 102, 101, 104, 103] and layout.master_port == 100  # rank 0's node hosts the store
+
+
+def test_lightgbm_and_xgboost_reach_their_peers_on_the_nodes_of_the_layout() -> None:
+    pytest.importorskip("lightgbm")
+    pytest.importorskip("xgboost")
+    import json
+
+    from trainkeep.lightgbm import _LightGBMSetup
+    from trainkeep.xgboost import _TRACKERS, _XGBoostSetup
+
+    _, layout = assign_ranks([Landing("a", "10.0.0.1", [], 7001), Landing("b", "10.0.0.2", [], 7002)])
+    envs = _LightGBMSetup().placed_envs(layout)
+    assert {e["TRAINKEEP_LIGHTGBM_MACHINES"] for e in envs} == {"10.0.0.1:7001,10.0.0.2:7002"}
+    setup = _XGBoostSetup()  # its tracker runs in the driver, where the workers reach it
+    envs = setup.placed_envs(layout._replace(driver_ip="127.0.0.2"))
+    try:
+        assert json.loads(envs[1]["TRAINKEEP_XGBOOST_COLLECTIVE"])["dmlc_tracker_uri"] == "127.0.0.2"
+    finally:
+        with contextlib.suppress(Exception):  # a tracker no worker joined reports that on free()
+            _TRACKERS.pop(id(setup)).free()
 
 
 def test_each_rank_sees_the_gpus_of_its_node_s_workers_and_uses_the_one_at_its_local_rank() -> None:

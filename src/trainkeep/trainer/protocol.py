@@ -106,6 +106,8 @@ class Layout(NamedTuple):
     node_ips: list[str]
     master_port: int | None  # a port free on rank 0's node; None: pick one on this machine
     gpu_ids: list[list[str]] | None  # the GPU ids the executor gave each rank; None: it does not say
+    ports: list[int] | None = None  # a port free on each rank's node; None: pick them on this machine
+    driver_ip: str = "127.0.0.1"  # where the workers reach the driver (a service the driver hosts)
 
     @classmethod
     def local(cls, world_size: int) -> Layout:

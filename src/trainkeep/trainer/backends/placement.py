@@ -16,11 +16,12 @@ _EPSILON = 1e-9  # Ray keeps resource amounts in fixed point; 0.1 * 3 must fit i
 
 
 class Landing(NamedTuple):
-    """Where one worker actor landed: its node's id and IP, and the GPU ids Ray gave it."""
+    """Where one worker actor landed: its node's id and IP, the GPU ids Ray gave it, a port free there."""
 
     node_id: str
     node_ip: str
     gpu_ids: list[str]
+    port: int = 0
 
 
 def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:
@@ -92,7 +93,8 @@ def assign_ranks(landings: Sequence[Landing]) -> tuple[list[int], Layout]:
         placements.append(Placement(nodes.index(node), per_node[node].index(actor), len(per_node[node])))
     node_ips = [landings[actor].node_ip for actor in order]
     gpu_ids = [landings[actor].gpu_ids for actor in order]
-    return order, Layout(placements, node_ips, None, gpu_ids)
+    ports = [landings[actor].port for actor in order]
+    return order, Layout(placements, node_ips, ports[0], gpu_ids, ports)
 
 
 def visible_devices(layout: Layout) -> list[str | None]:

@@ -52,12 +52,11 @@ class _WorkerActor:
 
         context = ray.get_runtime_context()
         gpu_ids = [str(i) for i in context.get_accelerator_ids().get("GPU", [])]
-        return Landing(context.get_node_id(), ray.util.get_node_ip_address(), gpu_ids)
-
-    def free_port(self, host: str) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return int(sock.getsockname()[1])
+        host = ray.util.get_node_ip_address()
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))  # a port for a service this rank may host (torch's store, LightGBM)
+            port = int(sock.getsockname()[1])
+        return Landing(context.get_node_id(), host, gpu_ids, port)
 
     def read_probe(self, path: str) -> bytes | None:
         try:
@@ -151,11 +150,10 @@ class RayWorkerGroup(WorkerGroup):
             landings = ray.get([actor.landing.remote() for actor in actors])
             order, layout = assign_ranks(landings)
             self._ranks = [_Rank(actors[i], landings[i]) for i in order]
-            port = ray.get(self._ranks[0].actor.free_port.remote(layout.node_ips[0]))
             # 4. A local directory is a run's storage only if every node sees the same one.
             if self._shared_dir is not None and len({r.landing.node_id for r in self._ranks}) > 1:
                 self._check_shared_dir(ray, layout)
-            return layout._replace(master_port=port)
+            return layout._replace(driver_ip=ray.util.get_node_ip_address())
         except BaseException:
             self.kill()
             raise
