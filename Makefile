@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c "import trainkeep, torch, pytest, moto, hypothesis"
+	$(PY) -c "import trainkeep, torch, pytest, moto, hypothesis, ray"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -13,6 +13,10 @@ from trainkeep.errors import ConfigError, ConfigTypeError
 
 DEFAULT_STORAGE_PATH = "~/trainkeep_results"
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD")
+"""The ``ScalingConfig.placement_strategy`` values: Ray's soft strategies (strict ones could never restart
+after a node is lost on a cluster that is just big enough)."""
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -135,11 +139,17 @@ class FailureConfig:
 
 @dataclass
 class ScalingConfig:
-    """How many workers run the training loop, and with what resources."""
+    """How many workers run the training loop, and with what resources.
+
+    ``placement_strategy`` ("PACK" or "SPREAD", Ray's names) says how the Ray executor places the workers:
+    on as few nodes as possible, or across as many as possible. Both are best effort: workers share a node
+    when they must. The local executor runs every worker on this machine and ignores it.
+    """
 
     num_workers: int = 1
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
+    placement_strategy: str = "PACK"
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_workers):
@@ -160,6 +170,9 @@ class ScalingConfig:
                         "resources_per_worker must map resource names to finite amounts >= 0, got "
                         f"{key!r}: {amount!r}"
                     )
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(f"placement_strategy must be one of {list(PLACEMENT_STRATEGIES)}, got "
+                              f"{_describe(self.placement_strategy)}")
 
 
 def default_run_name(now: _dt.datetime | None = None) -> str:

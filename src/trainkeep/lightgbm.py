@@ -32,6 +32,13 @@ class _LightGBMSetup(WorkerSetup):
         machines = ",".join(f"127.0.0.1:{_free_port()}" for _ in range(world_size))
         return [{_ENV: machines} for _ in range(world_size)]
 
+    def placed_envs(self, layout: Any) -> list[dict[str, str]]:
+        """On a cluster: each rank listens on a port free on its own node (``layout.ports``)."""
+        if layout.ports is None or len(layout.ports) == 1:
+            return self.worker_envs(len(layout.placements))
+        machines = ",".join(f"{ip}:{port}" for ip, port in zip(layout.node_ips, layout.ports, strict=True))
+        return [{_ENV: machines} for _ in layout.ports]
+
 
 def get_network_params() -> dict[str, Any]:
     """Return the LightGBM params that join this worker to the others ({} with one worker)."""
@@ -56,10 +63,11 @@ class LightGBMTrainer(DataParallelTrainer):
     _owns_loop = True
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
-                 scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None) -> None:
+                 scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
+                 executor: str | None = None) -> None:
         require("lightgbm", "lightgbm")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
-                         scaling_config=scaling_config, run_config=run_config)
+                         scaling_config=scaling_config, run_config=run_config, executor=executor)
         self._setup = _LightGBMSetup()
 
 

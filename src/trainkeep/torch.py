@@ -17,6 +17,7 @@ from trainkeep.config import RunConfig, ScalingConfig
 from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.result import Result
 from trainkeep.trainer.data_parallel import DataParallelTrainer
+from trainkeep.trainer.protocol import Layout
 from trainkeep.trainer.setup import WorkerSetup
 
 _INSTALL_HINT = "trainkeep.torch needs PyTorch: pip install 'trainkeep[torch]'"
@@ -57,10 +58,10 @@ class _TorchSetup(WorkerSetup):
         self.config, self.use_gpu = config, use_gpu
 
     def worker_envs(self, world_size: int) -> list[dict[str, str]]:
-        port = _free_port()  # a fresh one per attempt: the last group's store may still hold the old one
-        return [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                 "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size),
-                 "GROUP_RANK": "0", "NODE_RANK": "0"} for rank in range(world_size)]
+        return self.placed_envs(Layout.local(world_size))
+
+    def placed_envs(self, layout: Layout) -> list[dict[str, str]]:
+        return torch_envs(layout, self.use_gpu)
 
     def start(self, context: Any, spec: Any) -> None:
         torch = _torch()
@@ -80,11 +81,36 @@ class _TorchSetup(WorkerSetup):
             dist.destroy_process_group()
 
 
+def torch_envs(layout: Layout, use_gpu: bool) -> list[dict[str, str]]:
+    """Return each rank's ``torch.distributed`` environment: rank 0's node hosts the store (MASTER_ADDR/PORT).
+
+    With GPUs, each rank sees every GPU given to the group's workers on its node and uses the one at its local
+    rank (``torch.cuda.set_device``), when the executor says which GPUs it gave (Ray does).
+    """
+    from trainkeep.trainer.backends.placement import visible_devices
+
+    # a fresh port per attempt: the last group's store may still hold the old one
+    port = layout.master_port or _free_port()
+    world_size = len(layout.placements)
+    devices = visible_devices(layout) if use_gpu and layout.gpu_ids is not None else [None] * world_size
+    envs = []
+    for rank, (placement, visible) in enumerate(zip(layout.placements, devices, strict=True)):
+        env = {"MASTER_ADDR": layout.node_ips[0], "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(placement.local_rank),
+               "LOCAL_WORLD_SIZE": str(placement.local_world_size), "GROUP_RANK": str(placement.node_rank),
+               "NODE_RANK": str(placement.node_rank)}
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
+        envs.append(env)
+    return envs
+
+
 class TorchTrainer(DataParallelTrainer):
     """A DataParallelTrainer whose workers form a ``torch.distributed`` process group (gloo on CPU, nccl on GPU).
 
-    Each worker gets MASTER_ADDR=127.0.0.1, a free MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE;
-    the group is created before the training function runs and destroyed after it returns.
+    Each worker gets MASTER_ADDR (rank 0's node: 127.0.0.1 with the local executor), a MASTER_PORT free there,
+    RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and NODE_RANK; the group is created before the training
+    function runs and destroyed after it returns. On GPUs each worker uses one device, at its local rank.
 
     Raises:
         ImportError when torch is not installed; the DataParallelTrainer's errors for bad arguments.
@@ -92,18 +118,18 @@ class TorchTrainer(DataParallelTrainer):
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  torch_config: TorchConfig | None = None, scaling_config: ScalingConfig | None = None,
-                 run_config: RunConfig | None = None) -> None:
+                 run_config: RunConfig | None = None, executor: str | None = None) -> None:
         if importlib.util.find_spec("torch") is None:
             raise ImportError(_INSTALL_HINT)
         if torch_config is not None and not isinstance(torch_config, TorchConfig):
             raise ConfigTypeError(f"torch_config must be a trainkeep.torch.TorchConfig, got {torch_config!r}")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
-                         scaling_config=scaling_config, run_config=run_config)
+                         scaling_config=scaling_config, run_config=run_config, executor=executor)
         self._setup = _TorchSetup(torch_config or TorchConfig(), self.scaling_config.use_gpu)
 
     def fit(self) -> Result:
         """Check the GPUs (when asked for), then run as :meth:`DataParallelTrainer.fit`."""
-        if self.scaling_config.use_gpu:
+        if self.scaling_config.use_gpu and self.executor == "local":  # Ray checks its cluster's GPUs itself
             count = _torch().cuda.device_count()
             if count < self.scaling_config.num_workers:
                 raise ConfigError(f"ScalingConfig(use_gpu=True, num_workers={self.scaling_config.num_workers}) "

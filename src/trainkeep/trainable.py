@@ -145,7 +145,7 @@ class TrainableTrainer(DataParallelTrainer):
 
     def __init__(self, trainable_cls: type[Trainable], *, config: dict[str, Any] | None = None,
                  stop: StopCondition = None, scaling_config: ScalingConfig | None = None,
-                 run_config: RunConfig | None = None) -> None:
+                 run_config: RunConfig | None = None, executor: str | None = None) -> None:
         if not (isinstance(trainable_cls, type) and issubclass(trainable_cls, Trainable)):
             raise ConfigTypeError(f"trainable_cls must be a subclass of trainkeep.Trainable, got {trainable_cls!r}")
         _validate_stop(stop)
@@ -154,4 +154,4 @@ class TrainableTrainer(DataParallelTrainer):
         loop_config = {"trainable_cls": trainable_cls, "config": dict(config or {}), "stop": stop,
                        "checkpoint_frequency": ckpt_config.checkpoint_frequency, "checkpoint_at_end": at_end}
         super().__init__(run_trainable, train_loop_config=loop_config, scaling_config=scaling_config,
-                         run_config=run_config)
+                         run_config=run_config, executor=executor)

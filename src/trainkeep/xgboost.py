@@ -30,7 +30,7 @@ class _XGBoostSetup(WorkerSetup):
     def __init__(self) -> None:
         self._context: Any = None
 
-    def worker_envs(self, world_size: int) -> list[dict[str, str]]:
+    def worker_envs(self, world_size: int, host: str = "127.0.0.1") -> list[dict[str, str]]:
         if world_size == 1:
             return [{}]
         xgb_tracker = require("xgboost.tracker", "xgboost", "xgboost-cpu")
@@ -38,11 +38,15 @@ class _XGBoostSetup(WorkerSetup):
         if old is not None:  # the tracker of a failed attempt reports that attempt's broken connections
             with contextlib.suppress(Exception):
                 old.free()
-        tracker = xgb_tracker.RabitTracker(n_workers=world_size, host_ip="127.0.0.1")
+        tracker = xgb_tracker.RabitTracker(n_workers=world_size, host_ip=host)
         tracker.start()
         _TRACKERS[id(self)] = tracker
         args = json.dumps(tracker.worker_args())
         return [{_ENV: args} for _ in range(world_size)]
+
+    def placed_envs(self, layout: Any) -> list[dict[str, str]]:
+        """The tracker runs in the driver: on a cluster it listens where the workers reach the driver."""
+        return self.worker_envs(len(layout.placements), layout.driver_ip)
 
     def start(self, context: Any, spec: Any) -> None:
         raw = os.environ.get(_ENV)
@@ -70,10 +74,11 @@ class XGBoostTrainer(DataParallelTrainer):
     _owns_loop = True
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
-                 scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None) -> None:
+                 scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
+                 executor: str | None = None) -> None:
         require("xgboost", "xgboost", "xgboost-cpu")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
-                         scaling_config=scaling_config, run_config=run_config)
+                         scaling_config=scaling_config, run_config=run_config, executor=executor)
         self._setup = _XGBoostSetup()
 
 

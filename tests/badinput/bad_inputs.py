@@ -278,6 +278,9 @@ CONFIGS = [
         ("resources_per_worker", {"CPU": math.nan}, ConfigError, "'CPU': nan"),
         ("resources_per_worker", {"CPU": "1"}, ConfigError, "'CPU': '1'"),
         ("resources_per_worker", {1: 1}, ConfigError, "1: 1"),
+        ("placement_strategy", "STRICT_PACK", ConfigError,
+         "placement_strategy must be one of ['PACK', 'SPREAD'], got 'STRICT_PACK'"),
+        ("placement_strategy", None, ConfigError, "None (NoneType)"),
     ]),
     *_config_rows("RunConfig", tk.RunConfig, [
         ("name", "a/b", InvalidCheckpointNameError, "RunConfig.name 'a/b' is not allowed"),
@@ -326,6 +329,10 @@ TRAINERS = [
     Case("trainer-checkpoint-frequency", _trainer(run_config=tk.RunConfig(
         checkpoint_config=tk.CheckpointConfig(checkpoint_frequency=2))), ConfigError,
         "CheckpointConfig(checkpoint_frequency=2) does not apply to a training function", config=None),
+    Case("trainer-executor-unknown", _trainer(executor="slurm"), ConfigError,
+         "executor must be one of ['local', 'ray'] (or None for the default), got 'slurm'", config=None),
+    Case("trainer-executor-an-int", _trainer(executor=2), ConfigTypeError,
+         "executor must be None or one of ['local', 'ray'], got 2", config=None),
     Case("trainer-checkpoint-at-end", _trainer(run_config=tk.RunConfig(
         checkpoint_config=tk.CheckpointConfig(checkpoint_at_end=True))), ConfigError,
         "CheckpointConfig(checkpoint_at_end=True) does not apply", config=None),

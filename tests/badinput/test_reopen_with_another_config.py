@@ -74,6 +74,7 @@ def test_a_changed_config_is_warned_about_before_any_deletion_and_recorded(tmp_p
 def test_reopening_with_the_same_config_records_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = tmp_path / "run"
     _write_run(run, tmp_path / "src")
+    caplog.clear()  # the commits' INFO lines of writing the run
     with caplog.at_level(logging.WARNING, logger="trainkeep"), tk.CheckpointManager(run, KEEP_ALL):
         pass
     assert not caplog.records and read_config_changes(LocalStorage(), str(run)) == []

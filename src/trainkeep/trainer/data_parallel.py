@@ -8,8 +8,10 @@ files straight into the round's staged directory.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +29,7 @@ from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
 from trainkeep.trainer.controller import Controller
 from trainkeep.trainer.failures import AttemptFailed
+from trainkeep.trainer.group import WorkerGroup
 from trainkeep.trainer.setup import WorkerSetup
 
 logger = logging.getLogger(__name__)
@@ -37,9 +40,15 @@ DEFAULT_REPORT_TIMEOUT_S = 600.0
 EXIT_TIMEOUT_S = 30.0
 """How long workers that returned get to exit on their own before they are killed."""
 
+EXECUTORS = ("local", "ray")
+"""Where the workers run: ``local`` processes on this machine, or ``ray`` actors on a Ray cluster."""
+
+EXECUTOR_ENV = "TRAINKEEP_EXECUTOR"
+"""The environment variable that picks the executor of trainers built with ``executor=None``."""
+
 
 class DataParallelTrainer:
-    """Run ``train_loop_per_worker`` on ``scaling_config.num_workers`` worker processes on this machine.
+    """Run ``train_loop_per_worker`` on ``scaling_config.num_workers`` workers, on this machine or a Ray cluster.
 
     Args:
         train_loop_per_worker: the training function; it takes ``train_loop_config`` as its one argument, or
@@ -49,10 +58,14 @@ class DataParallelTrainer:
             thread counts (see :func:`local_thread_env`).
         run_config: where the run lives, what to keep, how many restarts (default: a fresh timestamped run
             under ``~/trainkeep_results``).
+        executor: "local" (worker processes on this machine) or "ray" (Ray actors placed on the cluster this
+            driver is connected to, see docs/clusters.md); None picks "ray" when ``ray.is_initialized()`` here,
+            else "local", unless the environment variable ``TRAINKEEP_EXECUTOR`` names one.
 
     Raises:
-        ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments (``resources_per_worker``
-        keys other than "CPU" included, which this local executor cannot honour), and a ValueError when the
+        ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments (an unknown executor, "ray"
+        without Ray installed, and for the local executor ``resources_per_worker`` keys other than "CPU",
+        which it cannot honour), and a ValueError when the
         CheckpointConfig asks for ``checkpoint_frequency`` or ``checkpoint_at_end``, which a training function
         that owns its loop cannot honour: report a checkpoint from the loop instead.
     """
@@ -61,9 +74,12 @@ class DataParallelTrainer:
     _setup: WorkerSetup = WorkerSetup()
     # set by trainkeep.testing.injection.inject() only: wraps the driver's and every worker's storage
     _storage_wrapper: p.StorageWrapper | None = None
+    # tests only: how each node of a Ray cluster sees the shared-storage probe (see backends/ray.py)
+    _probe_view: Callable[[str, int], str] | None = None
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
-                 scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None) -> None:
+                 scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
+                 executor: str | None = None) -> None:
         if not callable(train_loop_per_worker):
             raise ConfigTypeError(f"train_loop_per_worker must be a function, got {train_loop_per_worker!r}")
         if train_loop_config is not None and not isinstance(train_loop_config, dict):
@@ -81,7 +97,8 @@ class DataParallelTrainer:
             raise ConfigError("train_loop_config was given, but train_loop_per_worker takes no argument; "
                               "define it as train_loop_per_worker(config)")
         self._check_checkpoint_timing()
-        self._thread_env = local_thread_env(self.scaling_config)
+        self.executor = resolve_executor(executor)
+        self._thread_env = local_thread_env(self.scaling_config, self.executor)
 
     def _check_checkpoint_timing(self) -> None:
         config = self.run_config.checkpoint_config
@@ -121,6 +138,10 @@ class DataParallelTrainer:
             storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
             run_url = self._run_url(str(storage_path))
             spec = self._pickled_spec(str(storage_path), run_url)
+            if self.executor == "ray":  # connect, and refuse what the cluster could never hold, before any write
+                from trainkeep.trainer.backends import ray as ray_backend
+
+                ray_backend.preflight(self.scaling_config)
             # 2. Open the run: resume it if it exists, take its lock.
             with _without_manager_resume_line():
                 manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
@@ -202,12 +223,18 @@ class DataParallelTrainer:
         """Run one worker group to its end; on any exit, kill what is left, then sweep unfinished rounds."""
         world_size = self.scaling_config.num_workers
         timeout = self.run_config.report_timeout_s or DEFAULT_REPORT_TIMEOUT_S
-        group = LocalWorkerGroup()  # the one executor today; the controller sees only the WorkerGroup interface
-        group.start([{**self._thread_env, **env} for env in self._setup.worker_envs(world_size)])
+        group, layout = self._place(manager)  # the controller sees only the WorkerGroup interface
+        try:
+            group.start([{**self._thread_env, **env} for env in self._setup.placed_envs(layout)])
+        except BaseException:
+            group.kill()
+            raise
         controller = Controller(manager, group, world_size, timeout, start.path if start else None)
         try:
             for rank in range(world_size):
-                group.send(rank, p.Boot(list(sys.path), spec, rank, start.path if start else None, attempt))
+                placement = layout.placements[rank] if self.executor == "ray" else None
+                group.send(rank, p.Boot(list(sys.path), spec, rank, start.path if start else None, attempt,
+                                        placement))
             value = controller.run()
             group.join(EXIT_TIMEOUT_S)
             return value
@@ -215,6 +242,18 @@ class DataParallelTrainer:
             with interrupt.sigint_ignored():  # a second Ctrl-C must not cut the clean-up short
                 group.kill()  # first: no worker may still write into a directory that is about to be swept
                 controller.discard()
+
+    def _place(self, manager: CheckpointManager) -> tuple[WorkerGroup, p.Layout]:
+        """Return a new worker group of this trainer's executor, placed, and where its ranks run."""
+        if self.executor == "local":
+            return LocalWorkerGroup(), p.Layout.local(self.scaling_config.num_workers)
+        from trainkeep.trainer.backends import ray as ray_backend
+
+        protocols = manager.storage.fs.protocol
+        is_local = "file" in ((protocols,) if isinstance(protocols, str) else protocols)
+        group = ray_backend.RayWorkerGroup(self.scaling_config, os.path.dirname(manager.path) if is_local else None,
+                                           self._probe_view)
+        return group, group.place()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train_loop_per_worker={getattr(self.train_loop_per_worker, '__name__', '?')}, "
@@ -225,7 +264,30 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 """The thread-count variables that ``resources_per_worker={"CPU": n}`` sets in each worker's environment."""
 
 
-def local_thread_env(scaling_config: ScalingConfig) -> dict[str, str]:
+def resolve_executor(executor: str | None) -> str:
+    """Return the executor to use: ``executor``, else ``$TRAINKEEP_EXECUTOR``, else "ray" when a Ray driver is
+    initialized in this process, else "local".
+
+    Raises:
+        ConfigTypeError / ConfigError (TypeError / ValueError) for a value that is not one of ``EXECUTORS``
+        (naming where it came from), and ConfigError for "ray" when Ray is not installed.
+    """
+    source = "executor"
+    if executor is None and os.environ.get(EXECUTOR_ENV):
+        executor, source = os.environ[EXECUTOR_ENV], f"the environment variable {EXECUTOR_ENV}"
+    if executor is None:
+        ray = sys.modules.get("ray")  # not imported: certainly not initialized, and no need to pay for the import
+        return "ray" if ray is not None and getattr(ray, "is_initialized", lambda: False)() else "local"
+    if not isinstance(executor, str):
+        raise ConfigTypeError(f"executor must be None or one of {list(EXECUTORS)}, got {executor!r}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"{source} must be one of {list(EXECUTORS)} (or None for the default), got {executor!r}")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"{source}='ray' needs Ray, which is not installed: pip install 'trainkeep[ray]'")
+    return executor
+
+
+def local_thread_env(scaling_config: ScalingConfig, executor: str = "local") -> dict[str, str]:
     """Return what the local executor makes of ``resources_per_worker``: the thread-count environment.
 
     The local executor runs every worker on this machine and reserves nothing; ``{"CPU": n}`` caps the threads
@@ -233,17 +295,18 @@ def local_thread_env(scaling_config: ScalingConfig) -> dict[str, str]:
     ``n`` rounded down, at least 1 (``0`` leaves them alone), as Ray Train does for its workers.
 
     Raises:
-        ConfigError (a ValueError) for any other resource: "GPU" (use ``use_gpu=True``: one device per worker)
-        and custom resources need an executor that places workers by resources ("ray", not yet available).
+        ConfigError (a ValueError) for any other resource with the local executor: "GPU" (use
+        ``use_gpu=True``: one device per worker) and custom resources need an executor that places workers by
+        resources (``executor="ray"``, which reserves them all).
     """
     resources = scaling_config.resources_per_worker or {}
     other = sorted(key for key in resources if key != "CPU")
-    if other:
+    if other and executor == "local":
         raise ConfigError(
             f"ScalingConfig(resources_per_worker={resources!r}): the local executor honours only 'CPU' (the "
             f"thread count of each worker), not {other}. For GPUs pass use_gpu=True (one device per worker); "
-            "GPU fractions and custom resources need an executor that places workers by resources ('ray', "
-            "which trainkeep does not provide yet)."
+            "GPU fractions and custom resources need an executor that places workers by resources: "
+            "executor='ray' (pip install 'trainkeep[ray]')."
         )
     if not resources.get("CPU"):
         return {}

@@ -18,10 +18,10 @@ The rules every implementation keeps:
 
 How the next executors plug in:
 
-* **Ray actors**: ``start`` creates one actor per rank (with the resources of ``ScalingConfig``) and runs
-  ``trainer.worker.run`` in it with a connection object that forwards to an actor-side queue; ``wait`` uses
-  ``ray.wait`` on the pending ``recv`` futures of every actor; an actor that died (``RayActorError``) becomes
-  ``Exited(rank, None)``; ``describe(rank)`` names the actor id and node; ``kill`` is ``ray.kill`` per actor.
+* **Ray actors** (``backends/ray.py``): one actor per rank in a placement group from ``ScalingConfig``; each runs
+  ``trainer.worker.serve`` on a TCP connection back to the driver, so ``wait`` multiplexes sockets as the
+  local group does, and also asks Ray about actors whose node died (``Exited(rank, None)``); ``kill`` is
+  ``ray.kill`` per actor and the release of the placement group.
 * **A launcher-started group** (torchrun, srun: the processes are not started by us): ``start`` does not spawn
   anything; it listens on an address given to the launched processes (e.g. through ``MASTER_ADDR`` or a
   file) and maps each incoming connection to its rank (``RANK``). ``wait`` multiplexes those sockets; the end

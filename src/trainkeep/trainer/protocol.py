@@ -1,6 +1,7 @@
 """The messages between the driver (the controller) and its worker processes.
 
-Each worker has one duplex connection to the driver. The worker's main thread sends a request and, when the
+Each worker has one duplex connection to the driver (a socket pair with the local executor, a TCP connection
+with the Ray executor: the messages are the same). The worker's main thread sends a request and, when the
 request needs one, blocks on exactly one reply; its background uploader thread only ever sends. The driver
 never sends a message nobody waits for, so a worker's receive queue is always empty between two calls.
 
@@ -97,6 +98,31 @@ class Query(NamedTuple):
 # ---------------------------------------------------------------------------------------------- to a worker
 
 
+class Placement(NamedTuple):
+    """Where a rank runs, as ``get_context()`` reports it: its node among the group's nodes, its rank there."""
+
+    node_rank: int
+    local_rank: int
+    local_world_size: int
+
+
+class Layout(NamedTuple):
+    """Where the ranks of one attempt run, as the driver sets up their environment (by rank)."""
+
+    placements: list[Placement]
+    node_ips: list[str]
+    master_port: int | None  # a port free on rank 0's node; None: pick one on this machine
+    gpu_ids: list[list[str]] | None  # the GPU ids the executor gave each rank; None: it does not say
+    ports: list[int] | None = None  # a port free on each rank's node; None: pick them on this machine
+    driver_ip: str = "127.0.0.1"  # where the workers reach the driver (a service the driver hosts)
+
+    @classmethod
+    def local(cls, world_size: int) -> Layout:
+        """Return the layout of ``world_size`` workers on this machine."""
+        return cls([Placement(0, rank, world_size) for rank in range(world_size)], ["127.0.0.1"] * world_size,
+                   None, None)
+
+
 class Boot(NamedTuple):
     """The first message a worker receives: where to import from, the shared spec, and its own rank."""
 
@@ -105,6 +131,7 @@ class Boot(NamedTuple):
     rank: int
     start_checkpoint: str | None
     attempt: int
+    placement: Placement | None = None  # None: every rank on one machine (the local executor)
 
 
 class Dest(NamedTuple):

@@ -50,31 +50,30 @@ class StorageContext:
 class TrainContext:
     """Facts about this worker and its run, from ``trainkeep.get_context()``."""
 
-    def __init__(self, spec: p.WorkerSpec, rank: int) -> None:
+    def __init__(self, spec: p.WorkerSpec, rank: int, placement: p.Placement | None = None) -> None:
         self._spec, self._rank = spec, rank
+        # without a placement every worker runs on one machine (the local executor)
+        self._placement = placement or p.Placement(0, rank, spec.world_size)
 
     def get_world_rank(self) -> int:
         """Return this worker's rank among all workers, ``0 .. world_size - 1``."""
         return self._rank
 
     def get_local_rank(self) -> int:
-        """Return this worker's rank among the workers of its machine.
-
-        The local executor runs every worker on one machine, so this is the world rank.
-        """
-        return self._rank
+        """Return this worker's rank among the group's workers on its node (the world rank on one machine)."""
+        return self._placement.local_rank
 
     def get_world_size(self) -> int:
         """Return the number of workers."""
         return self._spec.world_size
 
     def get_local_world_size(self) -> int:
-        """Return the number of workers on this worker's machine: all of them with the local executor."""
-        return self._spec.world_size
+        """Return the number of the group's workers on this worker's node (all of them on one machine)."""
+        return self._placement.local_world_size
 
     def get_node_rank(self) -> int:
-        """Return the rank of this worker's machine: always 0 with the local executor (one machine)."""
-        return 0
+        """Return the index of this worker's node among the group's nodes (0 on one machine)."""
+        return self._placement.node_rank
 
     def get_experiment_name(self) -> str:
         return self._spec.experiment_name
@@ -102,8 +101,9 @@ class _Plan:
 class Session:
     """The state of one worker inside a run: its connection to the driver, rank, and latest checkpoint."""
 
-    def __init__(self, conn: Connection, spec: p.WorkerSpec, rank: int, start_checkpoint: str | None) -> None:
-        self.spec, self.rank, self.context = spec, rank, TrainContext(spec, rank)
+    def __init__(self, conn: Connection, spec: p.WorkerSpec, rank: int, start_checkpoint: str | None,
+                 placement: p.Placement | None = None) -> None:
+        self.spec, self.rank, self.context = spec, rank, TrainContext(spec, rank, placement)
         self._conn = conn
         self._storage = storage_for(spec.filesystem)
         if spec.storage_wrapper is not None:  # tests only: trainkeep.testing.injection

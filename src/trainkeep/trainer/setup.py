@@ -15,6 +15,14 @@ class WorkerSetup:
         """Return the extra environment of each rank, for a new attempt (called in the driver)."""
         return [{} for _ in range(world_size)]
 
+    def placed_envs(self, layout: Any) -> list[dict[str, str]]:
+        """Return the extra environment of each rank placed as ``layout`` (a ``protocol.Layout``) says.
+
+        A setup that needs to know the nodes (an address on rank 0's node) overrides this; by default it is
+        ``worker_envs``.
+        """
+        return self.worker_envs(len(layout.placements))
+
     def start(self, context: Any, spec: Any) -> None:
         """Set up the framework in a worker, before the training function runs."""
 

@@ -1,7 +1,7 @@
 """The entry point of a worker process: boot, run the training function inside a session, report the end.
 
 Started by ``backends.local`` as ``python -c "...; main()" FD PARENT_PID``: FD is this worker's end of its
-connection to the driver. Nothing of the user's ``__main__`` is imported; the training function arrives
+connection to the driver. ``backends.ray`` calls :func:`serve` in a Ray actor, on a TCP connection instead. Nothing of the user's ``__main__`` is imported; the training function arrives
 pickled with cloudpickle.
 """
 
@@ -28,10 +28,21 @@ def main(argv: list[str] | None = None) -> None:
     fd, parent_pid = int(args[0]), int(args[1])
     _die_with_parent(parent_pid)
     conn = Connection(fd)
+    code = serve(conn)
+    conn.close()
+    sys.exit(code)
+
+
+def serve(conn: Connection) -> int:
+    """Receive the Boot message on ``conn``, run the training function it names; return the exit code.
+
+    The entry of every executor: a local worker process calls it on its socket pair, a Ray actor on its TCP
+    connection to the driver.
+    """
     try:
         boot: p.Boot = conn.recv()
     except (EOFError, OSError):
-        sys.exit(1)
+        return 1
     for entry in reversed(boot.sys_path):  # the driver's import path, so functions pickled by reference load
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -39,8 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
-    conn.close()
-    sys.exit(code)
+    return code
 
 
 def run(conn: Connection, boot: p.Boot) -> int:
@@ -50,7 +60,7 @@ def run(conn: Connection, boot: p.Boot) -> int:
         spec: p.WorkerSpec = cloudpickle.loads(boot.spec)
         with contextlib.suppress(Exception):  # only cosmetic: tracebacks show the user's files and lines
             sources.restore_files(spec.train_fn, spec.code_files)
-        session = session_module.Session(conn, spec, boot.rank, boot.start_checkpoint)
+        session = session_module.Session(conn, spec, boot.rank, boot.start_checkpoint, boot.placement)
         session_module.install(session)
         spec.setup.start(session.context, spec)
         value = _call(spec)
