@@ -42,6 +42,7 @@ from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
 from trainkeep.trainable import Trainable, TrainableTrainer
 from trainkeep.trainer import DataParallelTrainer
+from trainkeep.trainer.callbacks import TensorBoardCallback, UserCallback
 from trainkeep.trainer.session import get_checkpoint, get_context, report
 
 install_default_handler()  # trainkeep's lines reach stderr while the application configured no logging
@@ -82,6 +83,8 @@ __all__ = [
     "get_checkpoint",
     "get_context",
     "report",
+    "TensorBoardCallback",
+    "UserCallback",
 ]
 
 

@@ -16,6 +16,7 @@ import pickle
 import time
 from typing import Any
 
+from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointUploadMode
 from trainkeep.errors import CheckpointExistsError, InvalidCheckpointNameError, ReportTimeoutError
 from trainkeep.layout import MANIFEST_NAME, is_reserved_file
@@ -23,6 +24,7 @@ from trainkeep.manager import CheckpointManager
 from trainkeep.manifest import FileEntry
 from trainkeep.storage import iter_files
 from trainkeep.trainer import protocol as p
+from trainkeep.trainer.callbacks import CallbackRunner
 from trainkeep.trainer.failures import AttemptFailed, describe_exit, unpack_exception
 from trainkeep.trainer.group import Event, Exited, WorkerGroup
 from trainkeep.trainer.interrupt import deferred_sigint
@@ -41,10 +43,11 @@ class Controller:
         group: the started worker group (any :class:`~trainkeep.trainer.group.WorkerGroup`).
         timeout_s: how long the ranks that reached a round wait for the others before the attempt fails.
         start: the path of the checkpoint the workers started from, or None.
+        callbacks: the run's user callbacks (``RunConfig.callbacks``), told of completed rounds and failures.
     """
 
     def __init__(self, manager: CheckpointManager, group: WorkerGroup, world_size: int, timeout_s: float,
-                 start: str | None) -> None:
+                 start: str | None, callbacks: CallbackRunner | None = None) -> None:
         self.manager, self.group, self.world_size, self.timeout_s = manager, group, world_size, timeout_s
         self._base = manager.next_round
         self._rounds: dict[int, Round] = {}
@@ -55,6 +58,7 @@ class Controller:
         self._latest = start
         self._failures: list[AttemptFailed] = []
         self._committed = {record.name for record in manager.records()}
+        self._callbacks = callbacks or CallbackRunner([], None)
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -65,6 +69,16 @@ class Controller:
             AttemptFailed when a worker raised or died, reports were uneven or timed out, a round was
             inconsistent, or a commit failed. Staged directories of unfinished rounds are left for ``discard``.
         """
+        try:
+            self._loop()
+        except AttemptFailed as failed:
+            self._callbacks.after_exception(failed.failures)
+            raise
+        if self._rounds:  # every rank returned, yet a round is unfinished: a bug, not a hang
+            raise AttemptFailed(RuntimeError(f"report rounds {sorted(self._rounds)} never completed"), False)
+        return self._load_return_value()
+
+    def _loop(self) -> None:
         while len(self._finished) < self.world_size:
             events = self.group.wait(self._wait_timeout())
             with deferred_sigint():  # a Ctrl-C stops the attempt between two events, never inside a commit
@@ -73,9 +87,6 @@ class Controller:
             if self._failures:
                 raise _combine(self._failures)
             self._check_timeouts()
-        if self._rounds:  # every rank returned, yet a round is unfinished: a bug, not a hang
-            raise AttemptFailed(RuntimeError(f"report rounds {sorted(self._rounds)} never completed"), False)
-        return self._load_return_value()
 
     def discard(self) -> None:
         """Sweep the staged directories of unfinished rounds (call only once every worker is dead).
@@ -120,6 +131,7 @@ class Controller:
             rnd = self._rounds[k] = Round(k, self._base + k, time.monotonic())
         if rank == 0:
             rnd.metrics = msg.metrics
+        self._callbacks.add_metrics(rnd.index, rank, msg.metrics)
         arrival = Arrival(rank, msg.has_checkpoint, msg.mode, msg.dir_name, msg.files)
         try:
             rnd.add(arrival)
@@ -201,6 +213,8 @@ class Controller:
         for arrival in rnd.arrivals.values():
             if arrival.mode in _WAITS_FOR_COMMIT:
                 self.group.send(arrival.rank, p.Done(self._latest))
+        checkpoint = Checkpoint(self._latest, self.manager.storage.fs) if rnd.name and self._latest else None
+        self._callbacks.after_report(rnd.index, self.world_size, checkpoint)  # after the ranks are released
 
     def _scan_in_place(self, rnd: Round) -> list[FileEntry]:
         """Checksum the files a NO_UPLOAD rank left in the staged directory (those nobody uploaded)."""

@@ -25,6 +25,7 @@ from trainkeep.storage import Storage, resolve
 from trainkeep.trainer import interrupt, sources
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
+from trainkeep.trainer.callbacks import CallbackRunner, TrainRunContext
 from trainkeep.trainer.controller import Controller
 from trainkeep.trainer.failures import AttemptFailed
 from trainkeep.trainer.setup import WorkerSetup
@@ -61,6 +62,7 @@ class DataParallelTrainer:
     _setup: WorkerSetup = WorkerSetup()
     # set by trainkeep.testing.injection.inject() only: wraps the driver's and every worker's storage
     _storage_wrapper: p.StorageWrapper | None = None
+    _callbacks: CallbackRunner | None = None  # the run's user callbacks, set by fit()
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None) -> None:
@@ -128,6 +130,7 @@ class DataParallelTrainer:
         except KeyboardInterrupt:
             raise interrupt.interrupted(interrupt.summary(None)) from None
         # 3. Run attempts until one succeeds, the input is bad, or no retries are left.
+        self._callbacks = self._callback_runner(manager)
         try:
             value = self._run_attempts(manager, spec)
             result = _result(manager, value)
@@ -139,8 +142,15 @@ class DataParallelTrainer:
         except BaseException:
             manager.close("failed")
             raise
+        finally:
+            self._callbacks.close()
         manager.close("finished")
         return result
+
+    def _callback_runner(self, manager: CheckpointManager) -> CallbackRunner:
+        context = TrainRunContext(self.run_config, self.train_loop_config, self.scaling_config, manager.path,
+                                  manager.storage.fs, manager.storage.is_local)
+        return CallbackRunner(self.run_config.callbacks or [], context)
 
     def _driver_storage(self, run_url: str) -> Storage | None:
         """Return the driver's storage wrapped for a test, or None (the manager's own) when no wrapper is set."""
@@ -204,7 +214,8 @@ class DataParallelTrainer:
         timeout = self.run_config.report_timeout_s or DEFAULT_REPORT_TIMEOUT_S
         group = LocalWorkerGroup()  # the one executor today; the controller sees only the WorkerGroup interface
         group.start([{**self._thread_env, **env} for env in self._setup.worker_envs(world_size)])
-        controller = Controller(manager, group, world_size, timeout, start.path if start else None)
+        controller = Controller(manager, group, world_size, timeout, start.path if start else None,
+                                self._callbacks)
         try:
             for rank in range(world_size):
                 group.send(rank, p.Boot(list(sys.path), spec, rank, start.path if start else None, attempt))

@@ -53,7 +53,8 @@ class WorkerSpec:
 
 
 class Announce(NamedTuple):
-    """A worker reached ``report()``: rank 0 sends its metrics, every checkpointing rank its file list."""
+    """A worker reached ``report()``: its metrics (rank 0's are the round's; every rank's reach the user
+    callbacks), and its file list when it checkpoints."""
 
     metrics: dict[str, Any] | None
     has_checkpoint: bool

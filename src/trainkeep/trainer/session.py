@@ -131,7 +131,7 @@ class Session:
         # 3. Announce the round; a rank with files learns where they go, and copies them (or hands them over).
         k = self._reports
         self._reports += 1
-        self._send(p.Announce(plan.metrics if self.rank == 0 else None, plan.has_checkpoint, plan.files,
+        self._send(p.Announce(plan.metrics, plan.has_checkpoint, plan.files,
                               plan.dir_name, plan.mode.value))
         if plan.files is not None:
             dest = self._recv(p.Dest)
