@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class _TorchSetup(WorkerSetup):
         dist.init_process_group(backend, init_method="env://", rank=context.get_world_rank(),
                                 world_size=context.get_world_size(),
                                 timeout=datetime.timedelta(seconds=self.config.timeout_s))
+        os.environ["ACCELERATE_TORCH_DEVICE"] = str(get_device())  # as Ray: Accelerate picks this device
 
     def stop(self) -> None:
         import torch.distributed as dist
@@ -84,7 +86,9 @@ class TorchTrainer(DataParallelTrainer):
     """A DataParallelTrainer whose workers form a ``torch.distributed`` process group (gloo on CPU, nccl on GPU).
 
     Each worker gets MASTER_ADDR=127.0.0.1, a free MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE;
-    the group is created before the training function runs and destroyed after it returns.
+    the group is created before the training function runs and destroyed after it returns. As in Ray Train,
+    ``ACCELERATE_TORCH_DEVICE`` is set to the worker's device (``str(get_device())``: "cpu", or "cuda:N"), so
+    Hugging Face Accelerate uses the same one.
 
     Raises:
         ImportError when torch is not installed; the DataParallelTrainer's errors for bad arguments.

@@ -134,3 +134,34 @@ class Latest(NamedTuple):
     """The answer to ``Query``."""
 
     latest: str | None
+
+
+# ---------------------------------------------------------------------------------------------- collectives
+
+
+class Collective(NamedTuple):
+    """A worker called a collective (worker -> driver): ``kind`` "barrier" or "broadcast"; ``payload`` is rank 0's
+    pickled object of a broadcast (None otherwise). The c-th calls of all ranks form collective c."""
+
+    kind: str
+    payload: bytes | None = None
+
+
+class CollectiveDone(NamedTuple):
+    """Every rank reached the collective (driver -> worker); ``payload`` is rank 0's object of a broadcast."""
+
+    payload: bytes | None = None
+
+
+class ListReported(NamedTuple):
+    """``get_all_reported_checkpoints()`` (worker -> driver): answered once this rank's rounds are finished
+    (and, in mode VALIDATED, no validation is pending), or after ``timeout_s`` with what there is."""
+
+    consistency_mode: str
+    timeout_s: float | None = None
+
+
+class Reported(NamedTuple):
+    """The answer to ``ListReported``: (path, metrics, status) of each reported checkpoint, worst to best."""
+
+    checkpoints: list[tuple[str, dict[str, Any], str]]
