@@ -267,7 +267,11 @@ class Session:
 
     def list_reported(self, consistency_mode: Any, timeout_s: Any) -> list[Any]:
         """Return the run's reported checkpoints once this rank's reports are committed (see ``reported``)."""
-        mode, timeout = reported.consistency_mode(consistency_mode), reported.check_timeout(timeout_s)
+        try:
+            mode, timeout = reported.consistency_mode(consistency_mode), reported.check_timeout(timeout_s)
+        except Exception as exc:  # bad input: the run fails with it, without a retry
+            self.bad_input = exc
+            raise
         self._send(p.ListReported(mode.value, timeout))
         return reported.to_reported(self._recv(p.Reported).checkpoints, self.spec.filesystem)
 
