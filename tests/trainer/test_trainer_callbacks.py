@@ -110,3 +110,21 @@ def test_nested_metrics_become_slash_joined_tags_and_non_numbers_are_skipped():
 
     metrics = {"a": {"b": 1, "c": {"d": 2.5}}, "s": "text", "flag": True, "n": None, "x": 3}
     assert leaves(metrics) == [("a/b", 1.0), ("a/c/d", 2.5), ("x", 3.0)]
+
+
+def test_tensorboard_files_of_a_run_on_s3_are_uploaded_into_the_run(s3_fs, loop_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    loop_config.update(losses={"0": 3.0, "1": 2.0, "2": 0.5}, epochs=3)
+    run = tk.RunConfig(name="run", storage_path=f"s3://{s3_fs.bucket_name}/runs", storage_filesystem=s3_fs,
+                       callbacks=[tk.TensorBoardCallback()])
+    result = fit(loop_config, run)
+
+    remote = f"{result.path}/tensorboard"
+    names = [p.rsplit("/", 1)[1] for p in s3_fs.ls(remote, refresh=True)]
+    assert len(names) == 1 and names[0].startswith("events.out.tfevents.")
+    local = tmp_path / "download"
+    local.mkdir()
+    s3_fs.get(f"{remote}/{names[0]}", str(local / names[0]))
+    assert _scalars(str(local))["loss"] == [(0, 3.0), (1, 2.0), (2, 0.5)]
+    read_back = tk.Result.from_path(f"s3://{s3_fs.bucket_name}/runs/run", storage_filesystem=s3_fs)
+    assert read_back.checkpoint == result.checkpoint  # the directory is not mistaken for a checkpoint

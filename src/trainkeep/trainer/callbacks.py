@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -143,12 +144,14 @@ class TensorBoardCallback(UserCallback):
             self._upload()
 
     def close(self) -> None:
-        """Close the event file (and upload it, for a remote run)."""
+        """Close the event file (for a remote run: upload it, then remove the local temporary directory)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
             if self._upload_to is not None:
                 self._upload()
+                shutil.rmtree(self._local_dir, ignore_errors=True)
+                self._upload_to = None
 
     def _open(self, context: TrainRunContext) -> Any:
         if self._writer is None:
