@@ -73,24 +73,19 @@ class Controller:
             AttemptFailed when a worker raised or died, reports were uneven or timed out, a round was
             inconsistent, or a commit failed. Staged directories of unfinished rounds are left for ``discard``.
         """
-        try:
-            self._loop()
-        except AttemptFailed as failed:
-            self._callbacks.after_exception(failed.failures)
-            raise
-        if self._rounds:  # every rank returned, yet a round is unfinished: a bug, not a hang
-            raise AttemptFailed(RuntimeError(f"report rounds {sorted(self._rounds)} never completed"), False)
-        return self._load_return_value()
-
-    def _loop(self) -> None:
         while len(self._finished) < self.world_size:
             events = self.group.wait(self._wait_timeout())
             with deferred_sigint():  # a Ctrl-C stops the attempt between two events, never inside a commit
                 for event in events:
                     self._handle(event)
             if self._failures:
-                raise _combine(self._failures)
+                failed = _combine(self._failures)
+                self._callbacks.after_exception(failed.failures)  # the ranks that raised or died, if any
+                raise failed
             self._check_timeouts()
+        if self._rounds:  # every rank returned, yet a round is unfinished: a bug, not a hang
+            raise AttemptFailed(RuntimeError(f"report rounds {sorted(self._rounds)} never completed"), False)
+        return self._load_return_value()
 
     def discard(self) -> None:
         """Sweep the staged directories of unfinished rounds (call only once every worker is dead).
