@@ -128,3 +128,30 @@ def test_tensorboard_files_of_a_run_on_s3_are_uploaded_into_the_run(s3_fs, loop_
     assert _scalars(str(local))["loss"] == [(0, 3.0), (1, 2.0), (2, 0.5)]
     read_back = tk.Result.from_path(f"s3://{s3_fs.bucket_name}/runs/run", storage_filesystem=s3_fs)
     assert read_back.checkpoint == result.checkpoint  # the directory is not mistaken for a checkpoint
+
+
+def _write_one_report(tmp_path, callback: tk.TensorBoardCallback) -> None:
+    from trainkeep.trainer.callbacks import TrainRunContext
+
+    context = TrainRunContext(tk.RunConfig(), None, tk.ScalingConfig(), str(tmp_path), None, True)
+    for index, loss in enumerate([2.0, 1.5]):
+        context.report_index = index
+        callback.after_report(context, [{"loss": loss, "nested": {"acc": index / 2}}], None)
+    callback.close()
+
+
+def test_tensorboardx_is_used_without_tensorboard_and_neither_is_a_clear_import_error(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboardX")
+    pytest.importorskip("tensorboard")
+    with monkeypatch.context() as m:
+        m.setitem(__import__("sys").modules, "tensorboard", None)  # import tensorboard now raises ImportError
+        callback = tk.TensorBoardCallback()
+        assert callback._writer_class.__module__.startswith("tensorboardX")
+        _write_one_report(tmp_path, callback)
+    scalars = _scalars(str(tmp_path / "tensorboard"))
+    assert scalars["loss"] == [(0, 2.0), (1, 1.5)] and scalars["nested/acc"] == [(0, 0.0), (1, 0.5)]
+
+    monkeypatch.setitem(__import__("sys").modules, "tensorboard", None)
+    monkeypatch.setitem(__import__("sys").modules, "tensorboardX", None)
+    with pytest.raises(ImportError, match=r"pip install 'trainkeep\[tensorboard\]'"):
+        tk.TensorBoardCallback()

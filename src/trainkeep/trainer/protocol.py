@@ -13,6 +13,12 @@ Round ``k`` of an attempt is made of the k-th ``Announce`` of every rank. A repo
     Uploaded(round, entries)       ->   commit once every rank announced and every upload arrived
                                    <-   Done(latest)          (SYNC / NO_UPLOAD: after the commit)
                                    <-   Released(latest)      (ASYNC without files: once all ranks arrived)
+
+The other requests of a worker, each answered by exactly one reply::
+
+    Query()                        ->   <- Latest(latest)                       get_checkpoint()
+    Collective(kind, payload)      ->   <- CollectiveDone(payload)  once every rank made its c-th collective call
+    ListReported(mode, timeout_s)  ->   <- Reported(checkpoints)    once this rank's rounds are finished
 """
 
 from __future__ import annotations
