@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from trainkeep import collective  # so that trainkeep.collective.barrier() works after "import trainkeep"
 from trainkeep._logging import install_default_handler
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import (
@@ -42,7 +43,10 @@ from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
 from trainkeep.trainable import Trainable, TrainableTrainer
 from trainkeep.trainer import DataParallelTrainer
-from trainkeep.trainer.session import get_checkpoint, get_context, report
+from trainkeep.trainer.callbacks import TensorBoardCallback
+from trainkeep.trainer.reported import CheckpointConsistencyMode, ReportedCheckpoint, ReportedCheckpointStatus
+from trainkeep.trainer.session import get_all_reported_checkpoints, get_checkpoint, get_context, report
+from trainkeep.user_callback import UserCallback
 
 install_default_handler()  # trainkeep's lines reach stderr while the application configured no logging
 
@@ -82,6 +86,13 @@ __all__ = [
     "get_checkpoint",
     "get_context",
     "report",
+    "TensorBoardCallback",
+    "UserCallback",
+    "CheckpointConsistencyMode",
+    "ReportedCheckpoint",
+    "ReportedCheckpointStatus",
+    "collective",
+    "get_all_reported_checkpoints",
 ]
 
 

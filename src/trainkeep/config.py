@@ -6,16 +6,16 @@ import datetime as _dt
 import enum
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trainkeep.errors import ConfigError, ConfigTypeError
 
 DEFAULT_STORAGE_PATH = "~/trainkeep_results"
 
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD")
-"""The ``ScalingConfig.placement_strategy`` values: Ray's soft strategies (strict ones could never restart
-after a node is lost on a cluster that is just big enough)."""
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+"""The ``ScalingConfig.placement_strategy`` values: Ray's placement group strategies."""
 
 
 def _is_int(value: Any) -> bool:
@@ -35,6 +35,25 @@ def _is_filesystem(value: Any) -> bool:
 
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
+
+
+def _short_repr(config: Any) -> str:
+    """Return ``Name(field=value, ...)`` with only the fields that differ from a default-built config.
+
+    As in Ray, a default config prints short (``RunConfig()``), and the text still evaluates back to an equal
+    config when the trainkeep names are in scope (for values whose own repr does).
+    """
+    default = type(config)()
+    shown = [f"{f.name}={getattr(config, f.name)!r}" for f in fields(config)
+             if f.repr and not _same(getattr(config, f.name), getattr(default, f.name))]
+    return f"{type(config).__name__}({', '.join(shown)})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # a value whose == raises (an array) differs from the default
+        return False
 
 
 class CheckpointUploadMode(str, enum.Enum):
@@ -103,6 +122,9 @@ class CheckpointConfig:
                 f"checkpoint_at_end must be True, False or None, got {_describe(self.checkpoint_at_end)}"
             )
 
+    def __repr__(self) -> str:
+        return _short_repr(self)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-ready dict."""
         return {
@@ -136,14 +158,19 @@ class FailureConfig:
                 f"max_failures must be an integer >= -1 (-1 means unlimited), got {self.max_failures}"
             )
 
+    def __repr__(self) -> str:
+        return _short_repr(self)
+
 
 @dataclass
 class ScalingConfig:
     """How many workers run the training loop, and with what resources.
 
-    ``placement_strategy`` ("PACK" or "SPREAD", Ray's names) says how the Ray executor places the workers:
-    on as few nodes as possible, or across as many as possible. Both are best effort: workers share a node
-    when they must. The local executor runs every worker on this machine and ignores it.
+    ``placement_strategy`` (Ray's names) says how the Ray executor places the workers: "PACK" on as few nodes
+    as possible, "SPREAD" across as many as possible (both best effort: workers share a node when they must);
+    "STRICT_PACK" all on one node, "STRICT_SPREAD" each on its own node (refused at start when the cluster has
+    too few nodes; after a node is lost, a restart may find no room). The local executor runs every worker on
+    this machine and ignores it.
     """
 
     num_workers: int = 1
@@ -174,6 +201,25 @@ class ScalingConfig:
             raise ConfigError(f"placement_strategy must be one of {list(PLACEMENT_STRATEGIES)}, got "
                               f"{_describe(self.placement_strategy)}")
 
+    def __repr__(self) -> str:
+        return _short_repr(self)
+
+    @property
+    def total_resources(self) -> dict[str, float]:
+        """Return the resources of all workers together, as Ray counts them.
+
+        Each worker asks for ``resources_per_worker`` (amounts of 0 left out; one GPU added with ``use_gpu``
+        when it names none), or by default one GPU with ``use_gpu`` and one CPU without; the total is that
+        times ``num_workers``, e.g. ``{"GPU": 2.0}`` for two GPU workers. The driver asks for nothing.
+        """
+        if self.resources_per_worker is None:
+            per_worker: dict[str, float] = {"GPU": 1} if self.use_gpu else {"CPU": 1}
+        else:
+            per_worker = {k: v for k, v in self.resources_per_worker.items() if v != 0}
+            if self.use_gpu:
+                per_worker.setdefault("GPU", 1)
+        return {name: float(amount) * self.num_workers for name, amount in per_worker.items()}
+
 
 def default_run_name(now: _dt.datetime | None = None) -> str:
     """Return a fresh run name from the local time, e.g. ``trainkeep_run-2026-11-26_22-41-43``."""
@@ -192,6 +238,13 @@ class RunConfig:
         storage_filesystem: an fsspec filesystem (or a ``pyarrow.fs.FileSystem``, wrapped) for ``storage_path``.
         checkpoint_config: retention and checkpoint timing; default keeps every checkpoint.
         failure_config: worker-group restarts; default none.
+        report_timeout_s: how long the ranks that reached a report round (or a collective) wait for the others.
+        callbacks: :class:`trainkeep.UserCallback` objects called in the driver after every completed report
+            round and after every failed attempt (e.g. :class:`trainkeep.TensorBoardCallback`).
+
+    Raises:
+        ConfigError / ConfigTypeError (ValueError / TypeError) naming the field, the value and what is allowed
+        (a callback that is not a UserCallback is a ValueError, as in Ray).
     """
 
     name: str | None = None
@@ -200,6 +253,7 @@ class RunConfig:
     checkpoint_config: CheckpointConfig | None = None
     failure_config: FailureConfig | None = None
     report_timeout_s: float | None = field(default=None)
+    callbacks: Sequence[Any] | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -237,3 +291,20 @@ class RunConfig:
             or not self.report_timeout_s > 0
         ):
             raise ConfigError(f"report_timeout_s must be None or a number > 0, got {self.report_timeout_s!r}")
+        self._check_callbacks()
+
+    def _check_callbacks(self) -> None:
+        from trainkeep.user_callback import UserCallback
+
+        if self.callbacks is None:
+            return
+        if isinstance(self.callbacks, (str, bytes)) or not isinstance(self.callbacks, Sequence):
+            raise ConfigError(f"callbacks must be None or a list of trainkeep.UserCallback, got "
+                              f"{_describe(self.callbacks)}")
+        for i, callback in enumerate(self.callbacks):
+            if not isinstance(callback, UserCallback):
+                raise ConfigError(f"callbacks must be None or a list of trainkeep.UserCallback, got "
+                                  f"{_describe(callback)} at callbacks[{i}]")
+
+    def __repr__(self) -> str:
+        return _short_repr(self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class _TorchSetup(WorkerSetup):
         dist.init_process_group(backend, init_method="env://", rank=context.get_world_rank(),
                                 world_size=context.get_world_size(),
                                 timeout=datetime.timedelta(seconds=self.config.timeout_s))
+        os.environ["ACCELERATE_TORCH_DEVICE"] = str(get_device())  # as Ray: Accelerate picks this device
 
     def stop(self) -> None:
         import torch.distributed as dist
@@ -110,7 +112,9 @@ class TorchTrainer(DataParallelTrainer):
 
     Each worker gets MASTER_ADDR (rank 0's node: 127.0.0.1 with the local executor), a MASTER_PORT free there,
     RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and NODE_RANK; the group is created before the training
-    function runs and destroyed after it returns. On GPUs each worker uses one device, at its local rank.
+    function runs and destroyed after it returns. On GPUs each worker uses one device, at its local rank. As in
+    Ray Train, ``ACCELERATE_TORCH_DEVICE`` is set to the worker's device (``str(get_device())``: "cpu", or
+    "cuda:N"), so Hugging Face Accelerate uses the same one.
 
     Raises:
         ImportError when torch is not installed; the DataParallelTrainer's errors for bad arguments.

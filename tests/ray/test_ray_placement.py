@@ -114,12 +114,24 @@ def test_the_executor_is_local_or_ray_and_the_environment_picks_the_default(monk
         resolve_executor(None)
 
 
-def test_placement_strategy_is_pack_or_spread() -> None:
+def test_placement_strategy_takes_ray_s_four_names() -> None:
     assert tk.ScalingConfig().placement_strategy == "PACK"
     assert tk.ScalingConfig(2, False, None, "SPREAD").placement_strategy == "SPREAD"
-    with pytest.raises(tk.ConfigError, match=r"placement_strategy must be one of \['PACK', 'SPREAD'\], got "
-                                             r"'STRICT_SPREAD'"):
-        tk.ScalingConfig(placement_strategy="STRICT_SPREAD")
+    assert tk.ScalingConfig(placement_strategy="STRICT_SPREAD").placement_strategy == "STRICT_SPREAD"
+    with pytest.raises(tk.ConfigError, match=r"placement_strategy must be one of \['PACK', 'SPREAD', "
+                                             r"'STRICT_PACK', 'STRICT_SPREAD'\], got 'spread'"):
+        tk.ScalingConfig(placement_strategy="spread")
+
+
+def test_strict_strategies_are_refused_when_the_nodes_could_never_hold_them() -> None:
+    nodes = [{"CPU": 2.0}, {"CPU": 3.0}, {"CPU": 1.0}]
+    check_fits(tk.ScalingConfig(num_workers=3, placement_strategy="STRICT_SPREAD"), nodes)
+    with pytest.raises(tk.ConfigError, match=r"placement_strategy='STRICT_SPREAD'.*at most 3"):
+        check_fits(tk.ScalingConfig(num_workers=4, placement_strategy="STRICT_SPREAD"), nodes)
+    check_fits(tk.ScalingConfig(num_workers=3, placement_strategy="STRICT_PACK"), nodes)
+    with pytest.raises(tk.ConfigError, match=r"placement_strategy='STRICT_PACK'.*at most 3"):
+        check_fits(tk.ScalingConfig(num_workers=4, placement_strategy="STRICT_PACK"), nodes)
+    check_fits(tk.ScalingConfig(num_workers=6, placement_strategy="PACK"), nodes)
 
 
 def test_ray_without_ray_installed_names_the_extra() -> None:

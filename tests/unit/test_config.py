@@ -126,6 +126,8 @@ def test_failure_config_accepts_unlimited_and_counts() -> None:
         ({"resources_per_worker": {1: 2}}, ValueError, ("resources_per_worker", "1: 2")),
         ({"resources_per_worker": {"GPU": math.nan}}, ValueError, ("resources_per_worker", "nan")),
         ({"resources_per_worker": {"GPU": True}}, ValueError, ("resources_per_worker", "True")),
+        ({"placement_strategy": "pack"}, ValueError, ("placement_strategy", "'pack'", "STRICT_SPREAD")),
+        ({"placement_strategy": None}, ValueError, ("placement_strategy", "None", "'PACK'")),
     ],
 )
 def test_scaling_config_bad_values(kwargs: dict, builtin: type, fragments: tuple[str, ...]) -> None:
@@ -157,6 +159,8 @@ def test_scaling_config_valid() -> None:
         ({"report_timeout_s": 0}, ValueError, ("report_timeout_s", "> 0", "0")),
         ({"report_timeout_s": math.nan}, ValueError, ("report_timeout_s", "nan")),
         ({"report_timeout_s": True}, ValueError, ("report_timeout_s", "True")),
+        ({"callbacks": [object()]}, ValueError, ("callbacks", "UserCallback", "callbacks[0]")),
+        ({"callbacks": tk.UserCallback()}, ValueError, ("callbacks", "list of trainkeep.UserCallback")),
     ],
 )
 def test_run_config_bad_values(kwargs: dict, builtin: type, fragments: tuple[str, ...]) -> None:
@@ -182,3 +186,48 @@ def test_default_run_name_is_a_valid_timestamped_name() -> None:
     name = default_run_name(dt.datetime(2026, 11, 26, 22, 41, 43))
     assert name == "trainkeep_run-2026-11-26_22-41-43"
     assert tk.RunConfig(name=name).name == name
+
+
+# ---------------------------------------------------------------------------------------------- Ray's extras
+
+
+@pytest.mark.parametrize(("config", "total"), [
+    (tk.ScalingConfig(), {"CPU": 1.0}),
+    (tk.ScalingConfig(num_workers=2, use_gpu=True), {"GPU": 2.0}),
+    (tk.ScalingConfig(num_workers=3, resources_per_worker={"CPU": 2, "GPU": 0}), {"CPU": 6.0}),
+    (tk.ScalingConfig(num_workers=2, use_gpu=True, resources_per_worker={"CPU": 4}), {"CPU": 8.0, "GPU": 2.0}),
+    (tk.ScalingConfig(num_workers=4, use_gpu=True, resources_per_worker={"GPU": 0.5, "mem": 1}),
+     {"GPU": 2.0, "mem": 4.0}),
+])
+def test_total_resources_counts_as_ray_does(config: tk.ScalingConfig, total: dict[str, float]) -> None:
+    assert config.total_resources == total
+
+
+@pytest.mark.parametrize("strategy", ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+def test_placement_strategies_of_ray_are_accepted(strategy: str) -> None:
+    assert tk.ScalingConfig(placement_strategy=strategy).placement_strategy == strategy
+    assert tk.ScalingConfig().placement_strategy == "PACK"
+
+
+def test_a_default_config_s_repr_is_short() -> None:
+    for config in (tk.RunConfig(), tk.ScalingConfig(), tk.CheckpointConfig(), tk.FailureConfig()):
+        assert repr(config) == f"{type(config).__name__}()"
+        assert len(repr(config)) <= 120  # Ray's own test caps it there
+
+
+@pytest.mark.parametrize("config", [
+    tk.RunConfig(name="exp", storage_path="/tmp/runs", report_timeout_s=5.0,
+                 checkpoint_config=tk.CheckpointConfig(2, "val/loss", "min"),
+                 failure_config=tk.FailureConfig(max_failures=-1)),
+    tk.ScalingConfig(num_workers=4, use_gpu=True, resources_per_worker={"CPU": 2}, placement_strategy="SPREAD"),
+    tk.CheckpointConfig(num_to_keep=1, checkpoint_frequency=3, checkpoint_at_end=False),
+    tk.FailureConfig(3),
+])
+def test_repr_shows_only_changed_fields_and_evaluates_back(config: object) -> None:
+    text = repr(config)
+    namespace = {name: getattr(tk, name) for name in ("RunConfig", "ScalingConfig", "CheckpointConfig", "FailureConfig")}
+    assert eval(text, namespace) == config
+    assert "=None" not in text and "max_failures=0" not in text
+    assert repr(tk.ScalingConfig(num_workers=2)) == "ScalingConfig(num_workers=2)"
+    assert repr(tk.RunConfig(name="exp")) == "RunConfig(name='exp')"
+

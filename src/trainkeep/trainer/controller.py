@@ -16,6 +16,7 @@ import pickle
 import time
 from typing import Any
 
+from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointUploadMode
 from trainkeep.errors import CheckpointExistsError, InvalidCheckpointNameError, ReportTimeoutError
 from trainkeep.layout import MANIFEST_NAME, is_reserved_file
@@ -23,9 +24,12 @@ from trainkeep.manager import CheckpointManager
 from trainkeep.manifest import FileEntry
 from trainkeep.storage import iter_files
 from trainkeep.trainer import protocol as p
+from trainkeep.trainer import reported
+from trainkeep.trainer.callbacks import CallbackRunner
 from trainkeep.trainer.failures import AttemptFailed, describe_exit, unpack_exception
 from trainkeep.trainer.group import Event, Exited, WorkerGroup
 from trainkeep.trainer.interrupt import deferred_sigint
+from trainkeep.trainer.rendezvous import CollectiveMismatchError, Rendezvous
 from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round
 
 logger = logging.getLogger(__name__)
@@ -41,10 +45,11 @@ class Controller:
         group: the started worker group (any :class:`~trainkeep.trainer.group.WorkerGroup`).
         timeout_s: how long the ranks that reached a round wait for the others before the attempt fails.
         start: the path of the checkpoint the workers started from, or None.
+        callbacks: the run's user callbacks (``RunConfig.callbacks``), told of completed rounds and failures.
     """
 
     def __init__(self, manager: CheckpointManager, group: WorkerGroup, world_size: int, timeout_s: float,
-                 start: str | None) -> None:
+                 start: str | None, callbacks: CallbackRunner | None = None) -> None:
         self.manager, self.group, self.world_size, self.timeout_s = manager, group, world_size, timeout_s
         self._base = manager.next_round
         self._rounds: dict[int, Round] = {}
@@ -55,6 +60,9 @@ class Controller:
         self._latest = start
         self._failures: list[AttemptFailed] = []
         self._committed = {record.name for record in manager.records()}
+        self._callbacks = callbacks or CallbackRunner([], None)
+        self._rendezvous = Rendezvous(world_size)  # trainkeep.collective calls
+        self._listings: list[reported.Waiter] = []  # get_all_reported_checkpoints() calls waiting for rounds
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -71,7 +79,9 @@ class Controller:
                 for event in events:
                     self._handle(event)
             if self._failures:
-                raise _combine(self._failures)
+                failed = _combine(self._failures)
+                self._callbacks.after_exception(failed.failures)  # the ranks that raised or died, if any
+                raise failed
             self._check_timeouts()
         if self._rounds:  # every rank returned, yet a round is unfinished: a bug, not a hang
             raise AttemptFailed(RuntimeError(f"report rounds {sorted(self._rounds)} never completed"), False)
@@ -103,6 +113,10 @@ class Controller:
                 self.group.send(rank, p.Latest(self._latest))
             elif isinstance(body, p.Finished):
                 self._on_finished(rank, body)
+            elif isinstance(body, p.Collective):
+                self._on_collective(rank, body)
+            elif isinstance(body, p.ListReported):
+                self._on_list_reported(rank, body)
             elif isinstance(body, p.Failed):
                 error = unpack_exception(body.error)
                 self._fail(error, not body.bad_input, rank, body.traceback)
@@ -120,6 +134,7 @@ class Controller:
             rnd = self._rounds[k] = Round(k, self._base + k, time.monotonic())
         if rank == 0:
             rnd.metrics = msg.metrics
+        self._callbacks.add_metrics(rnd.index, rank, msg.metrics)
         arrival = Arrival(rank, msg.has_checkpoint, msg.mode, msg.dir_name, msg.files)
         try:
             rnd.add(arrival)
@@ -180,6 +195,7 @@ class Controller:
             self._finish(rnd)
             del self._rounds[self._next_k]
             self._next_k += 1
+        self.answer_listings()
 
     def _finish(self, rnd: Round) -> None:
         """Commit the round's staged checkpoint (or record its metrics), then release the ranks that wait for it.
@@ -201,6 +217,8 @@ class Controller:
         for arrival in rnd.arrivals.values():
             if arrival.mode in _WAITS_FOR_COMMIT:
                 self.group.send(arrival.rank, p.Done(self._latest))
+        checkpoint = Checkpoint(self._latest, self.manager.storage.fs) if rnd.name and self._latest else None
+        self._callbacks.after_report(rnd.index, self.world_size, checkpoint)  # after the ranks are released
 
     def _scan_in_place(self, rnd: Round) -> list[FileEntry]:
         """Checksum the files a NO_UPLOAD rank left in the staged directory (those nobody uploaded)."""
@@ -215,6 +233,42 @@ class Controller:
             entries.append(FileEntry(rel, size, digest))
         return entries
 
+    # ------------------------------------------------------------------------------------------ collectives
+
+    def _on_collective(self, rank: int, msg: p.Collective) -> None:
+        """Pair a barrier / broadcast call with the other ranks'; release everyone once all arrived."""
+        try:
+            done = self._rendezvous.arrive(rank, msg.kind, msg.payload, time.monotonic())
+        except CollectiveMismatchError as exc:
+            self._fail(exc, False, rank)
+        self._check_stranded()
+        if done is not None:
+            for r in range(self.world_size):
+                self.group.send(r, p.CollectiveDone(done.arrived.get(0)))
+
+    def _check_stranded(self) -> None:
+        stranded = self._rendezvous.stranded(self._finished)
+        if stranded is not None:
+            rank, gathering = stranded
+            raise AttemptFailed(ReportTimeoutError(
+                f"rank {rank} returned without calling {gathering.call} (collective call #{gathering.index} of "
+                f"this attempt), which rank(s) {sorted(gathering.arrived)} wait in: every worker must call the "
+                "same collectives."), False)
+
+    def _on_list_reported(self, rank: int, msg: p.ListReported) -> None:
+        deadline = None if msg.timeout_s is None else time.monotonic() + msg.timeout_s
+        mode = reported.CheckpointConsistencyMode(msg.consistency_mode)
+        self._listings.append(reported.Waiter(rank, self._counts[rank], mode, deadline))
+        self.answer_listings()
+
+    def answer_listings(self) -> None:
+        """Answer the get_all_reported_checkpoints() calls that may be answered now (see ``reported``)."""
+        now = time.monotonic()
+        for waiter in list(self._listings):
+            if reported.is_answerable(waiter, self._next_k, self.manager, now):
+                self._listings.remove(waiter)
+                self.group.send(waiter.rank, p.Reported(reported.listing(self.manager)))
+
     # ------------------------------------------------------------------------------------------ ends
 
     def _on_finished(self, rank: int, msg: p.Finished) -> None:
@@ -226,6 +280,7 @@ class Controller:
         ahead = [r for r in range(self.world_size) if self._counts[r] > self._counts[rank]]
         if ahead:
             self._uneven(rank, ahead)
+        self._check_stranded()
 
     def _check_not_ahead(self, rank: int, k: int) -> None:
         done = [r for r, count in self._finished.items() if count <= k]
@@ -251,9 +306,11 @@ class Controller:
 
     def _wait_timeout(self) -> float | None:
         started = [r.started for r in self._rounds.values() if not r.is_complete(self.world_size)]
-        if not started:
+        ends = [t + self.timeout_s for t in started + self._rendezvous.started()]
+        ends += [w.deadline for w in self._listings if w.deadline is not None]
+        if not ends:
             return None
-        return max(0.0, min(started) + self.timeout_s - time.monotonic())
+        return max(0.0, min(ends) - time.monotonic())
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
@@ -264,6 +321,14 @@ class Controller:
                     f"{self.timeout_s:g} s of rank(s) {sorted(rnd.arrivals)}: every worker must call report() the "
                     "same number of times (a worker may also be hung). RunConfig(report_timeout_s=...) sets "
                     "this limit."), True)
+        late = self._rendezvous.overdue(now, self.timeout_s)
+        if late is not None:
+            raise AttemptFailed(ReportTimeoutError(
+                f"rank(s) {late.missing(self.world_size)} did not reach {late.call} (collective call #{late.index} "
+                f"of this attempt) within {self.timeout_s:g} s of rank(s) {sorted(late.arrived)}: every worker "
+                "must call the same collectives (a worker may also be hung). RunConfig(report_timeout_s=...) sets "
+                "this limit."), True)
+        self.answer_listings()
 
     def _fail(self, error: BaseException, retryable: bool, rank: int | None = None, tb: str = "") -> None:
         failures = {rank: error} if rank is not None else {}

@@ -27,6 +27,7 @@ from trainkeep.storage import Storage, resolve
 from trainkeep.trainer import interrupt, sources
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.backends.local import LocalWorkerGroup
+from trainkeep.trainer.callbacks import CallbackRunner, TrainRunContext
 from trainkeep.trainer.controller import Controller
 from trainkeep.trainer.failures import AttemptFailed
 from trainkeep.trainer.group import WorkerGroup
@@ -76,6 +77,7 @@ class DataParallelTrainer:
     _storage_wrapper: p.StorageWrapper | None = None
     # tests only: how each node of a Ray cluster sees the shared-storage probe (see backends/ray.py)
     _probe_view: Callable[[str, int], str] | None = None
+    _callbacks: CallbackRunner | None = None  # the run's user callbacks, set by fit()
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
@@ -149,6 +151,7 @@ class DataParallelTrainer:
         except KeyboardInterrupt:
             raise interrupt.interrupted(interrupt.summary(None)) from None
         # 3. Run attempts until one succeeds, the input is bad, or no retries are left.
+        self._callbacks = self._callback_runner(manager)
         try:
             value = self._run_attempts(manager, spec)
             result = _result(manager, value)
@@ -160,8 +163,15 @@ class DataParallelTrainer:
         except BaseException:
             manager.close("failed")
             raise
+        finally:
+            self._callbacks.close()
         manager.close("finished")
         return result
+
+    def _callback_runner(self, manager: CheckpointManager) -> CallbackRunner:
+        context = TrainRunContext(self.run_config, self.train_loop_config, self.scaling_config, manager.path,
+                                  manager.storage.fs, manager.storage.is_local)
+        return CallbackRunner(self.run_config.callbacks or [], context)
 
     def _driver_storage(self, run_url: str) -> Storage | None:
         """Return the driver's storage wrapped for a test, or None (the manager's own) when no wrapper is set."""
@@ -229,7 +239,8 @@ class DataParallelTrainer:
         except BaseException:
             group.kill()
             raise
-        controller = Controller(manager, group, world_size, timeout, start.path if start else None)
+        controller = Controller(manager, group, world_size, timeout, start.path if start else None,
+                                self._callbacks)
         try:
             for rank in range(world_size):
                 placement = layout.placements[rank] if self.executor == "ray" else None

@@ -14,6 +14,12 @@ Round ``k`` of an attempt is made of the k-th ``Announce`` of every rank. A repo
     Uploaded(round, entries)       ->   commit once every rank announced and every upload arrived
                                    <-   Done(latest)          (SYNC / NO_UPLOAD: after the commit)
                                    <-   Released(latest)      (ASYNC without files: once all ranks arrived)
+
+The other requests of a worker, each answered by exactly one reply::
+
+    Query()                        ->   <- Latest(latest)                       get_checkpoint()
+    Collective(kind, payload)      ->   <- CollectiveDone(payload)  once every rank made its c-th collective call
+    ListReported(mode, timeout_s)  ->   <- Reported(checkpoints)    once this rank's rounds are finished
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ class WorkerSpec:
 
 
 class Announce(NamedTuple):
-    """A worker reached ``report()``: rank 0 sends its metrics, every checkpointing rank its file list."""
+    """A worker reached ``report()``: its metrics (rank 0's are the round's; every rank's reach the user
+    callbacks), and its file list when it checkpoints."""
 
     metrics: dict[str, Any] | None
     has_checkpoint: bool
@@ -160,3 +167,34 @@ class Latest(NamedTuple):
     """The answer to ``Query``."""
 
     latest: str | None
+
+
+# ---------------------------------------------------------------------------------------------- collectives
+
+
+class Collective(NamedTuple):
+    """A worker called a collective (worker -> driver): ``kind`` "barrier" or "broadcast"; ``payload`` is rank 0's
+    pickled object of a broadcast (None otherwise). The c-th calls of all ranks form collective c."""
+
+    kind: str
+    payload: bytes | None = None
+
+
+class CollectiveDone(NamedTuple):
+    """Every rank reached the collective (driver -> worker); ``payload`` is rank 0's object of a broadcast."""
+
+    payload: bytes | None = None
+
+
+class ListReported(NamedTuple):
+    """``get_all_reported_checkpoints()`` (worker -> driver): answered once this rank's rounds are finished
+    (and, in mode VALIDATED, no validation is pending), or after ``timeout_s`` with what there is."""
+
+    consistency_mode: str
+    timeout_s: float | None = None
+
+
+class Reported(NamedTuple):
+    """The answer to ``ListReported``: (path, metrics, status) of each reported checkpoint, worst to best."""
+
+    checkpoints: list[tuple[str, dict[str, Any], str]]

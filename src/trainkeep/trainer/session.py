@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import cloudpickle
+
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig, CheckpointUploadMode
 from trainkeep.errors import ConfigError, ConfigTypeError, SessionError
@@ -25,6 +27,7 @@ from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.storage import list_source_files, storage_for
 from trainkeep.storage.fastcopy import hash_file
 from trainkeep.trainer import protocol as p
+from trainkeep.trainer import reported
 from trainkeep.trainer.failures import pack_exception
 from trainkeep.trainer.uploader import AsyncUploader
 
@@ -131,7 +134,7 @@ class Session:
         # 3. Announce the round; a rank with files learns where they go, and copies them (or hands them over).
         k = self._reports
         self._reports += 1
-        self._send(p.Announce(plan.metrics if self.rank == 0 else None, plan.has_checkpoint, plan.files,
+        self._send(p.Announce(plan.metrics, plan.has_checkpoint, plan.files,
                               plan.dir_name, plan.mode.value))
         if plan.files is not None:
             dest = self._recv(p.Dest)
@@ -243,6 +246,35 @@ class Session:
         latest = self._recv(p.Latest).latest
         return Checkpoint(latest, self.spec.filesystem) if latest else None
 
+    def collective(self, kind: str, obj: Any = None) -> Any:
+        """Wait until every rank made this collective call; return rank 0's object of a broadcast.
+
+        Raises:
+            ConfigTypeError (a TypeError) on rank 0 when its object cannot be pickled, before anything is sent.
+        """
+        payload = None
+        if kind == "broadcast" and self.rank == 0:
+            try:
+                payload = cloudpickle.dumps(obj)
+            except Exception as exc:
+                self.bad_input = ConfigTypeError(
+                    f"broadcast_from_rank_zero() needs an object that can be pickled (with cloudpickle), but rank 0 "
+                    f"passed a {type(obj).__name__} that cannot be: {type(exc).__name__}: {exc}")
+                raise self.bad_input from exc
+        self._send(p.Collective(kind, payload))
+        reply = self._recv(p.CollectiveDone)
+        return cloudpickle.loads(reply.payload) if reply.payload is not None else None
+
+    def list_reported(self, consistency_mode: Any, timeout_s: Any) -> list[Any]:
+        """Return the run's reported checkpoints once this rank's reports are committed (see ``reported``)."""
+        try:
+            mode, timeout = reported.consistency_mode(consistency_mode), reported.check_timeout(timeout_s)
+        except Exception as exc:  # bad input: the run fails with it, without a retry
+            self.bad_input = exc
+            raise
+        self._send(p.ListReported(mode.value, timeout))
+        return reported.to_reported(self._recv(p.Reported).checkpoints, self.spec.filesystem)
+
     def finish(self) -> None:
         """Wait for this worker's background uploads; raise the first upload error, if any."""
         if self._uploader is not None:
@@ -340,3 +372,20 @@ def get_context() -> TrainContext:
         SessionError outside a run.
     """
     return _current("get_context").context
+
+
+def get_all_reported_checkpoints(
+    consistency_mode: reported.CheckpointConsistencyMode = reported.CheckpointConsistencyMode.VALIDATED,
+    timeout_s: float | None = None,
+) -> list[reported.ReportedCheckpoint]:
+    """Return the run's committed checkpoints as ReportedCheckpoint(checkpoint, metrics, status), worst first.
+
+    Waits until every report this worker made is committed and, with ``VALIDATED`` (the default), until no
+    validation is pending; after ``timeout_s`` seconds it returns what there is (pending checkpoints then show
+    ``PENDING_VALIDATION``). The order is the run's ranking, best last (report order without a score attribute).
+
+    Raises:
+        SessionError outside a run; ValueError for a bad mode or timeout.
+    """
+    return _current("get_all_reported_checkpoints").list_reported(consistency_mode, timeout_s)
+

@@ -52,13 +52,19 @@ def check_fits(scaling: ScalingConfig, nodes: Sequence[Mapping[str, float]]) -> 
         ConfigError (a ValueError) naming what was asked and what every node has.
     """
     bundle = worker_bundle(scaling)
-    fits = fitting_workers(bundle, nodes)
+    if scaling.placement_strategy == "STRICT_PACK":  # every worker on one node
+        fits = max((fitting_workers(bundle, [node]) for node in nodes), default=0)
+    elif scaling.placement_strategy == "STRICT_SPREAD":  # each worker on a node of its own
+        fits = sum(1 for node in nodes if fitting_workers(bundle, [node]) >= 1)
+    else:
+        fits = fitting_workers(bundle, nodes)
     if fits >= scaling.num_workers:
         return
     shown = ", ".join(_describe_node(node) for node in nodes) or "no live nodes"
     raise ConfigError(
         f"ScalingConfig(num_workers={scaling.num_workers}, use_gpu={scaling.use_gpu}, resources_per_worker="
-        f"{scaling.resources_per_worker!r}) asks for {scaling.num_workers} workers of {_format(bundle)} each, "
+        f"{scaling.resources_per_worker!r}, placement_strategy={scaling.placement_strategy!r}) asks for "
+        f"{scaling.num_workers} workers of {_format(bundle)} each, "
         f"but this Ray cluster could hold at most {fits} of them: it has {len(nodes)} node(s): {shown}. "
         "Ask for fewer workers or smaller resources, or add nodes."
     )
