@@ -38,6 +38,7 @@ from trainkeep.errors import (
     UnsupportedCheckpointFileError,
     WorkerGroupError,
 )
+from trainkeep.launch import init, shutdown
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
 from trainkeep.trainable import Trainable, TrainableTrainer
@@ -82,6 +83,8 @@ __all__ = [
     "get_checkpoint",
     "get_context",
     "report",
+    "init",
+    "shutdown",
 ]
 
 
