@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 600.0
 """How long ranks wait for each other to join and to reach a round (``RunConfig.report_timeout_s``)."""
 
+STOP_GRACE_S = 30.0
+"""After a failure, how long rank 0 waits for the other ranks to end their uploads before it sweeps the round."""
+
+_HOST_JOIN_S = STOP_GRACE_S + 30  # how long rank 0's script waits for its controller thread to close the run
+
 # (launcher, rank, world size, local rank, local world size, node rank, job id, restart count)
 _SOURCES = (
     ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RUN_ID",
@@ -256,12 +261,22 @@ class _Host:
         except BaseException as exc:
             self.error = exc
         finally:
-            if self.error is not None:  # every rank learns why; their connections close
-                self.group.refuse(f"{type(self.error).__name__}: {self.error}")
+            if self.error is not None:
+                self._stop_ranks()
             if controller is not None:
                 controller.discard()
             self.manager.protected = set()
             self._close(status)
+
+    def _stop_ranks(self) -> None:
+        """Tell every rank why the run failed, and give the uploads in flight time to end before the sweep.
+
+        The launcher, not trainkeep, owns the processes, so they cannot be killed here: a rank learns of the
+        failure at its next call and ends, which closes its connection. Staged directories are swept only
+        after that (or after the grace), so that a rank's upload never fails on a directory deleted under it.
+        """
+        self.group.refuse(f"{type(self.error).__name__}: {self.error}")
+        self.group.join(min(self.timeout_s, STOP_GRACE_S))
 
     def _close(self, status: str) -> None:
         """Close the run, then release every rank waiting in shutdown() (or tell it why the close failed)."""
@@ -273,7 +288,9 @@ class _Host:
             latest = self.manager.latest_checkpoint
             for rank in range(self.env.world_size):
                 self.group.send(rank, p.Done(latest.path if latest else None))
-        self.group.refuse(f"{type(self.error).__name__}: {self.error}" if self.error else "the run is closed")
+        else:
+            self.group.refuse(f"{type(self.error).__name__}: {self.error}")
+        self.group.kill()
 
 
 class _LaunchedSession(Session):
@@ -313,7 +330,9 @@ class _LaunchedSession(Session):
     def _ended(self, reason: str) -> BaseException:
         """Return the error that ends this rank: rank 0's own failure on rank 0, else one that says why."""
         if self.host is not None:
-            self.host.thread.join(timeout=60)
+            with contextlib.suppress(OSError):
+                self._conn.close()  # the controller waits for every connection to end before it sweeps
+            self.host.thread.join(timeout=_HOST_JOIN_S)
             if self.host.error is not None:
                 return self.host.error
         return TrainingFailedError(
@@ -366,7 +385,7 @@ def init(run_config: RunConfig | None = None, *, port: int | None = None) -> Tra
         conn.close()
         reason = answer.reason if isinstance(answer, Refused) else f"unexpected answer {answer!r}"
         if host is not None:
-            host.thread.join(timeout=60)
+            host.thread.join(timeout=_HOST_JOIN_S)
             raise host.error or TrainingFailedError(reason)
         raise TrainingFailedError(f"rank 0 turned rank {env.rank} away: {reason}")
     # 3. A session like a trainer's worker has; shutdown() at exit, and an uncaught error fails the round.
@@ -408,7 +427,7 @@ def shutdown() -> None:
         with contextlib.suppress(OSError):
             session._conn.close()
         if session.host is not None:
-            session.host.thread.join(timeout=60)
+            session.host.thread.join(timeout=_HOST_JOIN_S)
 
 
 def _report_failure(session: _LaunchedSession, exc: BaseException) -> None:
@@ -417,8 +436,10 @@ def _report_failure(session: _LaunchedSession, exc: BaseException) -> None:
     data, text = pack_exception(exc)
     with contextlib.suppress(Exception):
         session._send(p.Failed(data, text, exc is session.bad_input))
+    with contextlib.suppress(OSError):
+        session._conn.close()
     if session.host is not None:  # rank 0: let the controller close the run before the process ends
-        session.host.thread.join(timeout=60)
+        session.host.thread.join(timeout=_HOST_JOIN_S)
 
 
 def _at_exit() -> None:

@@ -32,7 +32,7 @@ def main() -> None:
         log(event="skipped init")
         time.sleep(args.get("skip_sleep", 0))
         return
-    config = trainkeep.RunConfig(name=args["name"], storage_path=args["storage"],
+    config = trainkeep.RunConfig(name=args.get("name"), storage_path=args["storage"],
                                  report_timeout_s=args.get("timeout", 60))
     context = trainkeep.init(config)
     log(event="joined", world_rank=context.get_world_rank(), world_size=context.get_world_size(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -16,19 +17,21 @@ SRC = str(Path(__file__).parents[2] / "src")
 
 
 def free_port_pair() -> int:
-    """Return a loopback port P such that P and P + 1 (trainkeep's default port) are both free now."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
+    """Return a loopback port P such that P and P + 1 (trainkeep's default port) are both free now.
+
+    Drawn below Linux's ephemeral range (32768 and up), so that no outgoing connection of torchrun's own can
+    take either port between this check and the bind.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
     raise RuntimeError("no two consecutive free ports on 127.0.0.1")
 
 

@@ -104,6 +104,7 @@ class LaunchedWorkerGroup(WorkerGroup):
                     self._accept_one()
         except BaseException as exc:
             self.refuse(str(exc))
+            self.kill()
             raise
         self._close_listener()  # nobody else may join this attempt
         logger.debug("every rank of %d joined at %s:%d", self._world_size, *self.address)
@@ -157,10 +158,9 @@ class LaunchedWorkerGroup(WorkerGroup):
         self.hellos[hello.rank] = hello
 
     def refuse(self, reason: str) -> None:
-        """Send :class:`Refused` with ``reason`` to every rank that joined, then close everything."""
+        """Send :class:`Refused` with ``reason`` to every rank still connected (each raises it at its next call)."""
         for rank in sorted(self._open):
             self.send(rank, Refused(reason))
-        self.kill()
 
     def send(self, rank: int, message: Any) -> None:
         """Send ``message`` to rank ``rank``; a rank whose connection is closed is skipped."""
