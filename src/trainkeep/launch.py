@@ -141,19 +141,17 @@ def _port(environ: Mapping[str, str], port: int | None) -> int:
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise ConfigError(f"port must be an integer in 1 .. 65535, got {port!r}")
         return port
-    if environ.get("TRAINKEEP_PORT") is not None:
-        value = _int_var(environ, "TRAINKEEP_PORT", 1)
-        assert value is not None
-    elif environ.get("MASTER_PORT") is not None:
-        master = _int_var(environ, "MASTER_PORT", 1)
-        assert master is not None
-        value = master + 1 if master < 65535 else master - 1
-    else:
-        raise ConfigError("trainkeep.init() needs MASTER_PORT (rank 0 listens on MASTER_PORT + 1) or TRAINKEEP_PORT "
-                          "(the port itself); neither is set")
-    if value > 65535:
-        raise ConfigError(f"the trainkeep port must be in 1 .. 65535, got {value} (from TRAINKEEP_PORT / MASTER_PORT)")
-    return value
+    for name in ("TRAINKEEP_PORT", "MASTER_PORT"):
+        value = _int_var(environ, name, 1)
+        if value is None:
+            continue
+        if value > 65535:
+            raise ConfigError(f"{name} must be an integer in 1 .. 65535, got {environ[name]!r}")
+        if name == "TRAINKEEP_PORT":
+            return value
+        return value + 1 if value < 65535 else value - 1  # torchrun's own store listens on MASTER_PORT
+    raise ConfigError("trainkeep.init() needs MASTER_PORT (rank 0 listens on MASTER_PORT + 1) or TRAINKEEP_PORT "
+                      "(the port itself); neither is set")
 
 
 def authkey(env: LaunchEnv, environ: Mapping[str, str]) -> bytes:
