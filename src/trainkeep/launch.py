@@ -254,8 +254,7 @@ class _Host:
             controller.run()
             status = "finished"
         except AttemptFailed as failed:
-            self.error = failed.to_training_error(self.env.attempt + 1, 0)
-            self.error.__cause__ = failed.error
+            self.error = _launched_error(failed, self.env)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -478,6 +477,16 @@ def _default_name(env: LaunchEnv, storage_path: str, run_config: RunConfig) -> s
         logger.warning("run %s: this is restart %d of the job, but the run has no name, so it starts afresh; pass "
                        "RunConfig(name=...) to resume the same run after a restart", name, env.attempt)
     return name
+
+
+def _launched_error(failed: AttemptFailed, env: LaunchEnv) -> BaseException:
+    """Return the error of a failed launched run: the trainer's, worded for a job whose launcher does restarts."""
+    error = failed.to_training_error(1, 0)
+    _, _, detail = str(error.args[0]).partition(": ")  # drop "training failed after N attempt(s) (FailureConfig...)"
+    restart = f", restart {env.attempt}" if env.attempt else ""
+    error.args = (f"the run failed ({env.launcher} job{restart}): {detail}", *error.args[1:])
+    error.__cause__ = failed.error
+    return error
 
 
 def _script() -> None:

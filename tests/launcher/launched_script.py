@@ -2,7 +2,7 @@
 
 Arguments (JSON in argv[1]): storage, name, epochs, out (a directory for each rank's log), timeout (the
 report timeout), kill (rank, epoch): that rank SIGKILLs itself before reporting that epoch in the first
-attempt; skip_init (rank): that rank never calls init and exits; fail (rank, epoch): that rank raises.
+attempt; mode: the upload mode (SYNC, ASYNC); skip_init (rank): that rank never calls init and exits; fail (rank, epoch): that rank raises.
 Each rank appends one JSON line per event to out/rank<R>.jsonl.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -49,10 +50,14 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if args.get("fail") == [rank, epoch]:
             raise RuntimeError(f"rank {rank} fails at epoch {epoch}")
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, f"shard_{rank}.json"), "w") as f:
-                json.dump({"epoch": epoch, "rank": rank}, f)
-            trainkeep.report({"epoch": epoch, "rank": rank}, checkpoint=trainkeep.Checkpoint.from_directory(tmp))
+        tmp = tempfile.mkdtemp()  # removed by trainkeep after the upload in ASYNC mode (its default)
+        with open(os.path.join(tmp, f"shard_{rank}.json"), "w") as f:
+            json.dump({"epoch": epoch, "rank": rank}, f)
+        mode = trainkeep.CheckpointUploadMode[args.get("mode", "SYNC")]
+        trainkeep.report({"epoch": epoch, "rank": rank}, checkpoint=trainkeep.Checkpoint.from_directory(tmp),
+                         checkpoint_upload_mode=mode)
+        if mode is trainkeep.CheckpointUploadMode.SYNC:
+            shutil.rmtree(tmp)
         latest = trainkeep.get_checkpoint()
         log(event="reported", epoch=epoch, latest=latest.path if latest else None)
     trainkeep.shutdown()

@@ -6,14 +6,16 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from launcher_helpers import read_log, srun_like
 
 import trainkeep as tk
 
 
-def test_srun_tasks_run_and_name_the_run_after_the_job(tmp_path: Path, out: Path) -> None:
+@pytest.mark.parametrize("mode", ["SYNC", "ASYNC"])
+def test_srun_tasks_run_and_name_the_run_after_the_job(tmp_path: Path, out: Path, mode: str) -> None:
     storage = tmp_path / "storage"
-    procs = srun_like({"storage": str(storage), "epochs": 2, "out": str(out)})
+    procs = srun_like({"storage": str(storage), "epochs": 2, "out": str(out), "mode": mode})
     assert [p.returncode for p in procs] == [0, 0], "\n".join(p.stdout for p in procs)
     run = storage / "srun_4242"  # no RunConfig(name=...): named after SLURM_JOB_ID, so a requeue resumes it
     assert [h["metrics"]["epoch"] for h in tk.Result.from_path(str(run)).history] == [0, 1]
@@ -33,7 +35,8 @@ def test_a_rank_that_raises_fails_every_rank_and_a_rerun_resumes(tmp_path: Path,
     procs = srun_like({**args, "fail": [1, 1]})
     assert procs[1].returncode == 1 and "RuntimeError: rank 1 fails at epoch 1" in procs[1].stdout
     assert procs[0].returncode != 0
-    assert "rank 1 raised RuntimeError: rank 1 fails at epoch 1" in procs[0].stdout, procs[0].stdout
+    assert "the run failed (srun job): rank 1 raised RuntimeError: rank 1 fails at epoch 1" in procs[0].stdout, (
+        procs[0].stdout)
     run = storage / "run"
     assert sorted(n for n in os.listdir(run) if n.startswith("checkpoint_")) == ["checkpoint_000000"]
     # the next job resumes from the latest committed checkpoint
