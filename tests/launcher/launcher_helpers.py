@@ -47,9 +47,11 @@ def script_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def torchrun(args: dict[str, Any], *flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the test script under torchrun with 2 processes on 127.0.0.1; return the finished process."""
-    port = free_port_pair()
+def torchrun(args: dict[str, Any], *flags: str, port: int | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the test script under torchrun with 2 processes on 127.0.0.1 (``--master-port port``, default a free
+    one); return the finished process."""
+    port = port or free_port_pair()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(port), "--monitor-interval", "0.2", *flags, SCRIPT, json.dumps(args)]
     return subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=timeout)

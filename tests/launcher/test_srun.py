@@ -11,6 +11,8 @@ from launcher_helpers import read_log, srun_like
 
 import trainkeep as tk
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("mode", ["SYNC", "ASYNC"])
 def test_srun_tasks_run_and_name_the_run_after_the_job(tmp_path: Path, out: Path, mode: str) -> None:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from launcher_helpers import SCRIPT, free_port_pair, listeners, read_log, script_env, torchrun
+from launcher_helpers import free_port_pair, listeners, read_log, torchrun
 
 import trainkeep as tk
 
-pytestmark = pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"), reason="needs torch")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torchrun comes with torch")]
 
 
 def _shards(run: Path, name: str) -> dict[str, dict]:
@@ -101,10 +102,7 @@ def _run_watching_listeners(args: dict) -> subprocess.CompletedProcess[str]:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-             "--master-port", str(port), "--monitor-interval", "0.2", SCRIPT, json.dumps(args)],
-            env=script_env(), capture_output=True, text=True, timeout=120)
+        proc = torchrun(args, port=port)
     finally:
         done.set()
         watcher.join()
