@@ -354,9 +354,10 @@ def init(run_config: RunConfig | None = None, *, port: int | None = None) -> Tra
     Raises:
         ConfigError naming the variables when the launcher's environment is missing or inconsistent;
         ConfigTypeError for a bad ``run_config``; SessionError when this process already joined a run or runs
-        inside a trainer; ReportTimeoutError naming the ranks that did not join within
-        ``RunConfig.report_timeout_s`` (default 600 s); RunLockedError (rank 0) when a live writer holds the run;
-        OSError when rank 0 cannot listen on its address.
+        inside a trainer; on rank 0 a ReportTimeoutError naming the ranks that did not join within
+        ``RunConfig.report_timeout_s`` (default 600 s), and on the other ranks a TrainingFailedError that says
+        so; a ReportTimeoutError on a rank that cannot reach rank 0 that long; RunLockedError (rank 0) when a live
+        writer holds the run; OSError when rank 0 cannot listen on its address.
     """
     global _current
     if _current is not None or session_module._session is not None:

@@ -74,9 +74,9 @@ class LaunchedWorkerGroup(WorkerGroup):
             self._listener.bind(address)
             self._listener.listen(128)
         except OSError as exc:
-            raise OSError(exc.errno, f"trainkeep's rank 0 cannot listen on {address[0]}:{address[1]} ({exc.strerror}); "
-                          "set TRAINKEEP_PORT (or trainkeep.init(port=...)) to a free port that every rank can "
-                          "reach") from exc
+            raise OSError(exc.errno, f"trainkeep's rank 0 cannot listen on {address[0]}:{address[1]} ({exc.strerror}): "
+                          "MASTER_ADDR must be an address of rank 0's own host, and the port free (TRAINKEEP_PORT "
+                          "or trainkeep.init(port=...) picks another one that every rank can reach)") from exc
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
 
     @property
