@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import trainkeep as tk
-from trainkeep.launch import place, read_launch_env
+from trainkeep._launch_env import read_launch_env
+from trainkeep.launch import place
 from trainkeep.trainer.backends.launched import Hello
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
