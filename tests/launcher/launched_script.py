@@ -2,7 +2,7 @@
 
 Arguments (JSON in argv[1]): storage, name, epochs, out (a directory for each rank's log), timeout (the
 report timeout), kill (rank, epoch): that rank SIGKILLs itself before reporting that epoch in the first
-attempt; mode: the upload mode (SYNC, ASYNC); skip_init (rank): that rank never calls init and exits; fail (rank, epoch): that rank raises.
+attempt; epochs_by_rank ({rank: epochs}): uneven reports; mode: the upload mode (SYNC, ASYNC); skip_init (rank): that rank never calls init and exits; fail (rank, epoch): that rank raises.
 Each rank appends one JSON line per event to out/rank<R>.jsonl.
 """
 
@@ -45,7 +45,7 @@ def main() -> None:
         with open(os.path.join(start.path, f"shard_{rank}.json")) as f:
             first = json.load(f)["epoch"] + 1
     log(event="start", checkpoint=start.path if start else None, first=first)
-    for epoch in range(first, args["epochs"]):
+    for epoch in range(first, args.get("epochs_by_rank", {}).get(str(rank), args["epochs"])):
         if args.get("kill") == [rank, epoch] and attempt == 0:
             os.kill(os.getpid(), signal.SIGKILL)
         if args.get("fail") == [rank, epoch]:

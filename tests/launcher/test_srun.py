@@ -61,3 +61,14 @@ def test_rank_0_killed_ends_the_others_and_the_next_rank_0_takes_the_lock_over(t
     result = tk.Result.from_path(str(tmp_path / "storage" / "run"))
     assert [h["metrics"]["epoch"] for h in result.history] == [0, 1, 2]
     assert json.loads((tmp_path / "storage" / "run" / "checkpoint_000002" / "shard_1.json").read_text())["epoch"] == 2
+
+
+def test_uneven_reports_fail_every_rank_naming_them(tmp_path: Path, out: Path) -> None:
+    storage = tmp_path / "storage"
+    procs = srun_like({"storage": str(storage), "name": "run", "epochs": 3, "out": str(out),
+                       "epochs_by_rank": {"1": 1}})
+    assert [p.returncode for p in procs] == [1, 1], "\n".join(p.stdout for p in procs)
+    message = "rank 1 returned after 1 report() call(s) in this attempt, but rank(s) [0] reported more"
+    assert message in procs[0].stdout, procs[0].stdout
+    assert "the run failed on rank 0" in procs[1].stdout and message in procs[1].stdout
+    assert [h["metrics"]["epoch"] for h in tk.Result.from_path(str(storage / "run")).history] == [0]
