@@ -48,6 +48,7 @@ STOP_GRACE_S = 30.0
 
 _HOST_JOIN_S = STOP_GRACE_S + 30  # how long rank 0's script waits for its controller thread to close the run
 
+
 class Joined(NamedTuple):
     """Rank 0's answer to a rank's Hello: the run's spec, where to start, and the rank's place among the hosts."""
 

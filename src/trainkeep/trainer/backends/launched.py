@@ -27,7 +27,7 @@ from trainkeep.trainer.group import Event, Exited, Message, WorkerGroup
 
 logger = logging.getLogger(__name__)
 
-_HANDSHAKE_TIMEOUT_S = 10.0  # a peer that connects and then says nothing is dropped after this long
+_HANDSHAKE_TIMEOUT_S = 30.0  # a peer that connects and then says nothing is dropped after this long (one at a time)
 
 
 class Hello(NamedTuple):
