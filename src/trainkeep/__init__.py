@@ -39,6 +39,7 @@ from trainkeep.errors import (
     UnsupportedCheckpointFileError,
     WorkerGroupError,
 )
+from trainkeep.launch import init, shutdown
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
 from trainkeep.trainable import Trainable, TrainableTrainer
@@ -93,6 +94,8 @@ __all__ = [
     "ReportedCheckpointStatus",
     "collective",
     "get_all_reported_checkpoints",
+    "init",
+    "shutdown",
 ]
 
 

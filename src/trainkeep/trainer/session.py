@@ -318,7 +318,8 @@ def _current(function: str) -> Session:
         raise SessionError(
             f"trainkeep.{function}() works only inside a training function run by a trainer; start one with "
             "trainkeep.DataParallelTrainer(train_loop_per_worker, scaling_config=..., run_config=...).fit() "
-            "(or trainkeep.torch.TorchTrainer)"
+            "(or trainkeep.torch.TorchTrainer), or call trainkeep.init() first in a script started by torchrun, srun or "
+            "mpirun"
         )
     return _session
 
