@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 # Bytes read before a mark to check the line that ends there (and to find the last rows): a row longer than
 # the first window is looked for in the next, larger one; past the last, the mark is not used.
 MARK_WINDOWS = (16 * 1024, 1024 * 1024, 16 * 1024 * 1024)
+# Metrics-only rounds are made durable and marked (a run index write) once this many bytes follow the mark, so
+# that a reopen after a crash reads at most about this much, whatever the run's length and without checkpoints.
+MARK_EVERY_BYTES = 1024 * 1024
 
 
 class HistoryWriter:
@@ -54,6 +57,13 @@ class HistoryWriter:
         self.mark = mark
         self._length = mark.bytes if mark is not None else None
         self._next = mark.round if mark is not None else 0
+
+    @property
+    def mark_due(self) -> bool:
+        """Return True when :data:`MARK_EVERY_BYTES` have been appended since the mark (flush, then write the
+        index)."""
+        return self.mark is not None and self._length is not None and (
+            self._length - self.mark.bytes >= MARK_EVERY_BYTES)
 
     def flush_owed(self) -> None:
         """Flush (see :meth:`flush`) only when some appended row is not yet durable, or not yet written."""

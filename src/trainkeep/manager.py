@@ -171,6 +171,9 @@ class CheckpointManager(RunViews):
             self._check_open()
             self._history.append(self._next_round, metrics, None, durable=False)
             self._next_round += 1
+            if self._history.mark_due:  # bound what a reopen after a crash reads (see trainkeep.history)
+                self._history.flush()
+                self._write_index(self._state)
 
     # ------------------------------------------------------------------------------------------ the staged commit
 
