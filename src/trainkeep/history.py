@@ -191,3 +191,88 @@ def _read_from(storage: Storage, path: str, start: int, end: int) -> bytes:
         raise
     except OSError as exc:
         raise StorageError("read", path, exc) from exc
+
+
+# ---------------------------------------------------------------------------------------------- every row, fast
+
+_ROW_COLUMNS = ("round", "time", "checkpoint_dir_name")
+
+
+def read_history_frame(storage: Storage, run_path: str) -> Any:
+    """Return the run's history as ``metrics_dataframe`` lays it out, read by pyarrow's JSON-lines reader.
+
+    Returns None whenever the fast path could differ from reading row by row (then the caller does that): no
+    pyarrow, a history kept in parts, a line that does not parse (it ends the history), a round out of order or
+    twice, a metric that is not a number or a whole column of strings or booleans, an empty dict, or a
+    flattened name that two metrics share or that clashes with ``round``/``time``/``checkpoint_dir_name``.
+
+    Raises:
+        StorageError when storage fails.
+    """
+    if not storage.is_local:
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.json as pa_json
+    except ImportError:
+        return None
+    path = storage.join(run_path, HISTORY_NAME)
+    try:
+        raw = storage.read_bytes(path)
+    except FileNotFoundError:
+        return None
+    raw = raw[: raw.rfind(b"\n") + 1]  # a torn last line is not a row
+    if not raw:
+        return None
+    schema = pa.schema([("round", pa.int64()), ("time", pa.float64()), ("checkpoint", pa.string()),
+                        ("kind", pa.string())])
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+    try:
+        table = pa_json.read_json(pa.py_buffer(raw), parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return _frame_of(pa, table)
+
+
+def _frame_of(pa: Any, table: Any) -> Any:
+    """Return the DataFrame of a parsed history ``table``, or None when it needs the row-by-row reader."""
+    import pyarrow.compute as pc
+
+    if "kind" in table.column_names:
+        table = table.filter(pc.is_null(table["kind"]))
+    if table.num_rows == 0 or "metrics" not in table.column_names or table["metrics"].null_count:
+        return None
+    rounds = table["round"]
+    if rounds.null_count or (table.num_rows > 1 and not pc.all(pc.greater(rounds[1:], rounds[:-1])).as_py()):
+        return None
+    columns: dict[str, Any] = {"round": rounds, "time": table["time"], "checkpoint_dir_name": table["checkpoint"]}
+    metrics = table["metrics"].combine_chunks()
+    if not pa.types.is_struct(metrics.type) or not _add_leaves(pa, "", metrics, columns):
+        return None
+    if len(columns) != len(_ROW_COLUMNS) + _count_leaves(pa, metrics.type):
+        return None  # two metrics flatten to one name, or a metric is named like a row column
+    # Metrics in the order their first value appears, as in a DataFrame built from the rows.
+    first = {name: pc.index(pc.is_valid(columns[name]), True).as_py() for name in columns}
+    order = [*_ROW_COLUMNS, *sorted((n for n in columns if n not in _ROW_COLUMNS),
+                                    key=lambda n: first[n] if first[n] >= 0 else table.num_rows)]
+    return pa.table({name: columns[name] for name in order}).to_pandas()
+
+
+def _add_leaves(pa: Any, prefix: str, struct: Any, columns: dict[str, Any]) -> bool:
+    """Add the leaves of ``struct`` to ``columns`` by their "/"-joined names; False for a type to leave alone."""
+    for i in range(struct.type.num_fields):
+        name, child = prefix + struct.type.field(i).name, struct.field(i)
+        if pa.types.is_struct(child.type):
+            if child.type.num_fields == 0 or child.null_count or not _add_leaves(pa, name + "/", child, columns):
+                return False
+            continue
+        numeric = pa.types.is_integer(child.type) or pa.types.is_floating(child.type)
+        whole = (pa.types.is_string(child.type) or pa.types.is_boolean(child.type)) and not child.null_count
+        if not (numeric or whole):
+            return False
+        columns.setdefault(name, child)
+    return True
+
+
+def _count_leaves(pa: Any, struct_type: Any) -> int:
+    return sum(_count_leaves(pa, f.type) if pa.types.is_struct(f.type) else 1 for f in struct_type)

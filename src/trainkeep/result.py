@@ -14,6 +14,7 @@ from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
 from trainkeep.corruption import records_of
 from trainkeep.errors import ConfigError
+from trainkeep.history import read_history_frame
 from trainkeep.metrics import MISSING, flatten, is_real_number, lookup
 from trainkeep.retention import best_checkpoints
 from trainkeep.run import RunState, read_run
@@ -81,6 +82,8 @@ class Result:
             raise ImportError(
                 "Result.metrics_dataframe needs pandas: pip install 'trainkeep[pandas]'"
             ) from None
+        if isinstance(self.history, _LazyHistory) and (frame := self.history.frame()) is not None:
+            return frame  # read by the columnar reader, laid out as below
         rows = []
         for row in self.history:
             flat = {"round": row["round"], "time": row["time"], "checkpoint_dir_name": row.get("checkpoint")}
@@ -146,6 +149,12 @@ class _LazyHistory(Sequence[dict[str, Any]]):
 
     def __len__(self) -> int:
         return len(self._state.history)
+
+    def frame(self) -> Any:
+        """Return the history as ``metrics_dataframe``, by pyarrow's reader (None where it does not apply)."""
+        if self._state.storage is None:
+            return None
+        return read_history_frame(self._state.storage, self._state.path)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)

@@ -248,3 +248,59 @@ def test_a_bad_mark_rebuilds_the_index_and_the_run_opens(run_dir: str, make_sour
         assert manager.next_round == 30
         assert [c.path.rsplit("/", 1)[-1] for c, _ in manager.checkpoints] == ["checkpoint_000029"]
     assert _index(run_dir)["history_mark"]["round"] == 30
+
+
+# ------------------------------------------------------------------------------------------------ the DataFrame
+
+FRAME_CASES: dict[str, list[dict[str, Any]]] = {
+    "plain": [{"loss": 1.0 / (i + 1), "step": i} for i in range(50)],
+    "nested": [{"a": {"b": i, "c": float(i)}, "x": i} for i in range(20)],
+    "a key from round 5": [{"loss": 1.0} if i < 5 else {"loss": 2.0, "val": 3.0} for i in range(10)],
+    "a nested key from round 5": [{"a": {"b": 1}, "z": 1} if i < 5 else {"a": {"b": 1, "c": 2}, "z": 1}
+                                  for i in range(10)],
+    "nan and inf": [{"loss": float("nan") if i % 2 else float("inf"), "n": -float("inf")} for i in range(6)],
+    "strings and booleans": [{"phase": "train", "flag": i % 2 == 0, "loss": 1.0} for i in range(5)],
+    "ints then floats": [{"v": i if i % 2 else i + 0.5} for i in range(6)],
+    "every third round": [{"loss": 1.0, **({"val": 2.0} if i % 3 == 0 else {})} for i in range(9)],
+    # the row-by-row reader handles these (the columnar one declines them)
+    "a string sometimes": [{"note": "x"} if i == 2 else {"loss": 1.0} for i in range(4)],
+    "a list": [{"hist": [1, 2, i]} for i in range(3)],
+    "an empty dict": [{"empty": {}, "loss": 1.0} for i in range(3)],
+    "a nested dict sometimes": [{"a": {"b": 1}} if i % 2 else {"c": 1} for i in range(4)],
+    "a name clash": [{"a/b": 1, "a": {"b": 2}}, {"a/b": 3}],
+    "a metric named round": [{"round": 7, "loss": 1.0} for _ in range(3)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(FRAME_CASES))
+def test_metrics_dataframe_is_the_same_by_either_reader(case: str, run_dir: str, make_source: MakeSource) -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from trainkeep.history import read_history_frame
+
+    with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=1)) as manager:
+        for i, metrics in enumerate(FRAME_CASES[case]):
+            manager.report(metrics, make_source() if i == 2 else None)
+        manager.report({"torn": 1})
+    with open(os.path.join(run_dir, HISTORY_NAME), "ab") as f:
+        f.write(b'{"round":99,"time":1.0,"checkpoint":null,"metr')  # a torn last line: not a row for either
+    result = tk.Result.from_path(run_dir)
+    fast = read_history_frame(LocalStorage(), run_dir)
+    rows = tk.Result(None, None, run_dir, history=list(result.history)).metrics_dataframe  # row by row
+    if fast is not None:
+        pd.testing.assert_frame_equal(fast, rows)
+    pd.testing.assert_frame_equal(result.metrics_dataframe, rows)
+    assert len(rows) == len(FRAME_CASES[case]) + 1
+
+
+def test_metrics_dataframe_reads_a_history_with_config_changes(run_dir: str) -> None:
+    pytest.importorskip("pyarrow")
+    from trainkeep.history import read_history_frame
+
+    for keep in (None, 3, 2):
+        with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=keep)) as manager:
+            for _ in range(3):
+                manager.report({"loss": 1.0})
+    frame = read_history_frame(LocalStorage(), run_dir)
+    assert frame is not None and frame["round"].tolist() == list(range(9))
+    assert "kind" not in frame.columns
