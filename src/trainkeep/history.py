@@ -160,8 +160,10 @@ def _scan_from_mark(storage: Storage, path: str, mark: HistoryMark) -> HistorySc
         if first + checked != cut:
             return None  # the mark does not end a whole, valid line
         after, _, valid = parse_history_chunk(data[cut:])
-        rows = [after[r] for r in sorted(after)]
         latest = {**before, **after}
+        if not latest and start > 0:
+            continue  # only rows of another kind in the window: look further back for the last report
+        rows = [after[r] for r in sorted(after)]
         last = latest[max(latest)] if latest else None
         next_round = max(mark.round, last["round"] + 1 if last else 0)
         return HistoryScan(mark.bytes + valid, total, rows, next_round, last, mark.round, mark.bytes, True)
