@@ -186,13 +186,9 @@ def _read_from(storage: Storage, path: str, start: int, end: int) -> bytes:
     if end <= start:
         return b""
     try:
-        with storage.open_read(path) as f:
-            f.seek(start)
-            return bytes(f.read(end - start))
-    except StorageError:
-        raise
-    except OSError as exc:
-        raise StorageError("read", path, exc) from exc
+        return storage.read_range(path, start, end)
+    except FileNotFoundError:
+        return b""
 
 
 # ---------------------------------------------------------------------------------------------- every row, fast

@@ -46,19 +46,11 @@ class CountingStorage(LocalStorage):
             self.history_bytes_read += len(data)
         return data
 
-    def open_read(self, path: str) -> Any:
-        f = super().open_read(path)
-        if not self._is_history(path):
-            return f
-        storage, read = self, f.read
-
-        def counted(*args: Any) -> bytes:
-            data = read(*args)
-            storage.history_bytes_read += len(data)
-            return data
-
-        f.read = counted
-        return f
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        data = super().read_range(path, start, end)
+        if self._is_history(path):
+            self.history_bytes_read += len(data)
+        return data
 
 
 def _index(run_dir: str) -> dict[str, Any]:

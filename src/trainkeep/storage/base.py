@@ -111,6 +111,13 @@ class Storage(ABC):
     def read_bytes(self, path: str) -> bytes:
         """Return the content of ``path``. Raises FileNotFoundError when missing, StorageError otherwise."""
 
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Return bytes ``start`` to ``end`` of ``path`` (fewer when it is shorter); raises as :meth:`read_bytes`.
+
+        This default reads the whole file; backends that can read a range override it.
+        """
+        return self.read_bytes(path)[start:end]
+
     @abstractmethod
     def write_atomic(self, path: str, data: bytes) -> None:
         """Replace ``path`` with ``data`` so that a reader sees the old or the new content, never a mix.
