@@ -16,7 +16,8 @@ and the growth of this process's RSS. Prints a table and writes benchmarks/resul
 (1,000,000) rounds, each with a tiny checkpoint in its first and last round, written through
 ``CheckpointManager.report`` (the library's own writer: metrics-only rows are appended without fsync and made
 durable in batches). Then each probe runs ``--repeat`` (3) times in a FRESH interpreter (a subprocess; the time
-is taken inside it, after ``import trainkeep``, and the page cache is warm): opening the run
+is taken inside it, after ``import trainkeep``, and the page cache is warm; the CPU seconds of the process,
+all threads, are shown next to the wall time for the open and the DataFrame, to tell load from work): opening the run
 (``CheckpointManager(...)``), ``resume_checkpoint()``, ``trainkeep ls RUN --json`` (the click command, in
 process) and ``Result.from_path(RUN).checkpoint`` at both sizes, and ``Result.from_path(RUN).metrics_dataframe``
 at the large size (pandas imported first). Prints the medians, the ratio large / small (target: at most 1.5), the 50 ms bound at the
@@ -192,15 +193,16 @@ import contextlib, io, json, sys, time
 probe, run = sys.argv[1], sys.argv[2]
 import trainkeep as tk
 from trainkeep.cli import cli
-clock = time.perf_counter
-t0 = clock()
+clock, cpu = time.perf_counter, time.process_time
+t0, c0 = clock(), cpu()
 if probe == "open":
     manager = tk.CheckpointManager(run, tk.CheckpointConfig(num_to_keep=2))
     t1 = clock()
     found = manager.resume_checkpoint() is not None
     t2 = clock()
     manager.close()
-    out = {"open": t1 - t0, "resume": t2 - t1, "open+resume": t2 - t0, "close": clock() - t2, "found": found}
+    out = {"open": t1 - t0, "resume": t2 - t1, "open+resume": t2 - t0, "close": clock() - t2, "found": found,
+           "open+resume+close cpu": cpu() - c0}
 elif probe == "ls":
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
@@ -211,9 +213,9 @@ elif probe == "result":
     out = {"result.checkpoint": clock() - t0, "found": found}
 else:
     import pandas  # imported before the clock starts: the bound is on reading the history, not on pandas
-    t0 = clock()
+    t0, c0 = clock(), cpu()
     frame = tk.Result.from_path(run).metrics_dataframe
-    out = {"metrics_dataframe": clock() - t0, "rows": len(frame)}
+    out = {"metrics_dataframe": clock() - t0, "metrics_dataframe cpu": cpu() - c0, "rows": len(frame)}
 print(json.dumps(out))
 """
 
