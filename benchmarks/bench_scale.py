@@ -12,6 +12,19 @@ For each: the mean and median cost of a round in the first and the last 5% of ro
 (target: at most 1.5), the sizes of the run index and of the history at the end, the time to reopen the run,
 and the growth of this process's RSS. Prints a table and writes benchmarks/results/bench_scale.json.
 
+``reopen`` (issue 15, target 1): two metrics-only runs of ``--reopen-small`` (1,000) and ``--reopen-rounds``
+(1,000,000) rounds, each with a tiny checkpoint in its first and last round, written through
+``CheckpointManager.report`` (the library's own writer: metrics-only rows are appended without fsync and made
+durable in batches). Then each probe runs ``--repeat`` (3) times in a FRESH interpreter (a subprocess; the time
+is taken inside it, after ``import trainkeep``, and the page cache is warm; the CPU seconds of the process,
+all threads, are shown next to the wall time for the open and the DataFrame, to tell load from work): opening the run
+(``CheckpointManager(...)``), ``resume_checkpoint()``, ``trainkeep ls RUN --json`` (the click command, in
+process) and ``Result.from_path(RUN).checkpoint`` at both sizes, and ``Result.from_path(RUN).metrics_dataframe``
+at the large size (pandas imported first). Prints the medians, the ratio large / small (target: at most 1.5), the 50 ms bound at the
+large size and the 3 s bound of the DataFrame, with the load average before and after.
+
+``--only`` picks the parts to run (``growth``: the three runs above; ``reopen``; default both).
+
 ``--profile`` instead runs cProfile over the first and the last 5% of the manager runs and prints the functions
 whose time grew the most, to find what makes a round slower as the run grows.
 """
@@ -26,6 +39,7 @@ import platform
 import pstats
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,6 +182,114 @@ def has_trainer() -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------------------------- reopen
+
+
+REOPEN_CONFIG = CheckpointConfig(num_to_keep=2)
+REOPEN_TARGET_S = 0.050
+DATAFRAME_TARGET_S = 3.0
+PROBE = r"""
+import contextlib, io, json, sys, time
+probe, run = sys.argv[1], sys.argv[2]
+import trainkeep as tk
+from trainkeep.cli import cli
+clock, cpu = time.perf_counter, time.process_time
+t0, c0 = clock(), cpu()
+if probe == "open":
+    manager = tk.CheckpointManager(run, tk.CheckpointConfig(num_to_keep=2))
+    t1 = clock()
+    found = manager.resume_checkpoint() is not None
+    t2 = clock()
+    manager.close()
+    out = {"open": t1 - t0, "resume": t2 - t1, "open+resume": t2 - t0, "close": clock() - t2, "found": found,
+           "open+resume+close cpu": cpu() - c0}
+elif probe == "ls":
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        cli.main(["ls", run, "--json"], standalone_mode=False)
+    out = {"ls": clock() - t0, "found": len(json.loads(buffer.getvalue())) > 0}
+elif probe == "result":
+    found = tk.Result.from_path(run).checkpoint is not None
+    out = {"result.checkpoint": clock() - t0, "found": found}
+else:
+    import pandas  # imported before the clock starts: the bound is on reading the history, not on pandas
+    t0, c0 = clock(), cpu()
+    frame = tk.Result.from_path(run).metrics_dataframe
+    out = {"metrics_dataframe": clock() - t0, "metrics_dataframe cpu": cpu() - c0, "rows": len(frame)}
+print(json.dumps(out))
+"""
+
+
+def write_metrics_run(run_dir: str, rounds: int, checkpoint: trainkeep.Checkpoint) -> float:
+    """Write ``rounds`` metrics-only rounds (a checkpoint in the first and the last); return the seconds."""
+    t0 = time.perf_counter()
+    with CheckpointManager(run_dir, REOPEN_CONFIG) as manager:
+        for i in range(rounds):
+            manager.report({"loss": loss_at(i), "step": i}, checkpoint if i in (0, rounds - 1) else None)
+    return time.perf_counter() - t0
+
+
+def probe(name: str, run_dir: str) -> dict[str, Any]:
+    """Run probe ``name`` on ``run_dir`` in a fresh interpreter; return its timings (and its wall seconds)."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PROBE, name, run_dir], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"probe {name} on {run_dir} failed:\n{done.stderr}")
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": time.perf_counter() - t0}
+
+
+def bench_reopen(root: str, small: int, large: int, repeat: int) -> dict[str, Any]:
+    """Time the reopen probes at ``small`` and ``large`` rounds and metrics_dataframe at ``large``."""
+    checkpoint = tiny_checkpoint(os.path.join(root, "reopen-src"))
+    out: dict[str, Any] = {"small": small, "large": large, "repeat": repeat, "load_before": os.getloadavg()}
+    for size in (small, large):
+        run_dir = os.path.join(root, f"reopen-{size}")
+        out[f"write_s_{size}"] = write_metrics_run(run_dir, size, checkpoint)
+        out[f"sizes_{size}"] = run_sizes(run_dir)
+        samples: dict[str, list[float]] = {}
+        probes = ("open", "ls", "result") + (("dataframe",) if size == large else ())
+        for _ in range(repeat):
+            for name in probes:
+                for key, value in probe(name, run_dir).items():
+                    if isinstance(value, float):
+                        samples.setdefault(key, []).append(value)
+        out[f"median_s_{size}"] = {key: statistics.median(values) for key, values in samples.items()}
+        out[f"samples_s_{size}"] = samples
+    out["load_after"] = os.getloadavg()
+    small_m, large_m = out[f"median_s_{small}"], out[f"median_s_{large}"]
+    out["checks"] = [
+        *({"what": f"{key}: {large:,} / {small:,} rounds", "value": large_m[key] / small_m[key],
+           "limit": TARGET_RATIO} for key in ("open+resume", "open", "resume", "ls", "result.checkpoint")),
+        *({"what": f"{key} at {large:,} rounds (s)", "value": large_m[key], "limit": REOPEN_TARGET_S}
+          for key in ("open+resume", "ls", "result.checkpoint")),
+        {"what": f"metrics_dataframe at {large:,} rounds (s)", "value": large_m["metrics_dataframe"],
+         "limit": DATAFRAME_TARGET_S}]
+    for check in out["checks"]:
+        check["met"] = check["value"] <= check["limit"]
+    return out
+
+
+def print_reopen(result: dict[str, Any]) -> None:
+    """Print the reopen medians at both sizes, then each target and whether it is met."""
+    small, large = result["small"], result["large"]
+    keys = list(result[f"median_s_{large}"])
+    print(f"\nreopen, median of {result['repeat']} fresh interpreters (ms); load average before "
+          f"{'/'.join(f'{x:.2f}' for x in result['load_before'])}, after "
+          f"{'/'.join(f'{x:.2f}' for x in result['load_after'])}")
+    print(f"{'probe':<20} {small:>12,} {large:>12,} {'ratio':>7}")
+    for key in keys:
+        a, b = result[f"median_s_{small}"].get(key), result[f"median_s_{large}"][key]
+        ratio = f"{b / a:7.2f}" if a else "      -"
+        print(f"{key:<20} {a * 1e3 if a else float('nan'):>12.1f} {b * 1e3:>12.1f} {ratio}")
+    print(f"history: {result[f'sizes_{small}']['history_bytes'] / 1e6:.2f} MB and "
+          f"{result[f'sizes_{large}']['history_bytes'] / 1e6:.1f} MB, written in "
+          f"{result[f'write_s_{small}']:.1f} s and {result[f'write_s_{large}']:.1f} s")
+    for check in result["checks"]:
+        print(f"target {check['what']}: {check['value']:.3f} (limit {check['limit']})  "
+              f"{'met' if check['met'] else 'MISSED'}")
+
+
 # ---------------------------------------------------------------------------------------------- profiling
 
 
@@ -243,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-rounds", type=int, default=10_000)
     parser.add_argument("--trainer-rounds", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--reopen-small", type=int, default=1_000)
+    parser.add_argument("--reopen-rounds", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="fresh interpreters per reopen probe")
+    parser.add_argument("--only", choices=("all", "growth", "reopen"), default="all")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--profile", action="store_true", help="profile the manager runs instead of timing them")
     parser.add_argument("--top", type=int, default=12, help="functions to list with --profile")
@@ -256,22 +382,31 @@ def main(argv: list[str] | None = None) -> int:
             profile_manager(root, "manager-metrics", args.metric_rounds, False, args.top)
             profile_manager(root, "manager-checkpoints", args.checkpoint_rounds, True, args.top)
             return 0
-        rows = [bench_manager(root, "manager-metrics", args.metric_rounds, False),
-                bench_manager(root, "manager-checkpoints", args.checkpoint_rounds, True)]
-        if has_trainer():
-            rows.append(bench_trainer(root, args.trainer_rounds, args.workers))
-        else:
-            print("trainkeep.DataParallelTrainer is not available: skipping the trainer run", file=sys.stderr)
+        rows: list[dict[str, Any]] = []
+        if args.only in ("all", "growth"):
+            rows = [bench_manager(root, "manager-metrics", args.metric_rounds, False),
+                    bench_manager(root, "manager-checkpoints", args.checkpoint_rounds, True)]
+            if has_trainer():
+                rows.append(bench_trainer(root, args.trainer_rounds, args.workers))
+            else:
+                print("trainkeep.DataParallelTrainer is not available: skipping the trainer run", file=sys.stderr)
+        reopen = (bench_reopen(root, args.reopen_small, args.reopen_rounds, args.repeat)
+                  if args.only in ("all", "reopen") else None)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report = {"machine": machine(), "window": WINDOW, "target_ratio": TARGET_RATIO, "runs": rows}
+    report = {"machine": machine(), "window": WINDOW, "target_ratio": TARGET_RATIO, "runs": rows,
+              "reopen": reopen}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".tmp", "w") as f:
         json.dump(report, f, indent=2)
     os.replace(args.out + ".tmp", args.out)
-    print_table(rows)
+    if rows:
+        print_table(rows)
+    if reopen is not None:
+        print_reopen(reopen)
     print(f"wrote {args.out}")
-    return 0 if all(r["met"] for r in rows) else 1
+    checks = [r["met"] for r in rows] + [c["met"] for c in (reopen or {}).get("checks", [])]
+    return 0 if all(checks) else 1
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class CheckpointManager(RunViews):
         self._lock = self.storage.lock(self.storage.join(self.path, INTERNAL_DIR, LOCK_NAME))
         try:
             self._state = open_run(self.storage, self.path, self.config)
+            self._history.resume(self._state.history_mark)
             self._write_index(self._state)
         except BaseException:
             self._lock.release()
@@ -170,6 +171,9 @@ class CheckpointManager(RunViews):
             self._check_open()
             self._history.append(self._next_round, metrics, None, durable=False)
             self._next_round += 1
+            if self._history.mark_due:  # bound what a reopen after a crash reads (see trainkeep.history)
+                self._history.flush()
+                self._write_index(self._state)
 
     # ------------------------------------------------------------------------------------------ the staged commit
 
@@ -317,6 +321,7 @@ class CheckpointManager(RunViews):
     def _write_index(self, state: RunState) -> None:
         state.index.updated = time.time()
         state.index.next_round = max(state.index.next_round, getattr(self, "_next_round", 0))
+        state.index.history_mark = self._history.mark  # opening reads only the history after it
         self.storage.write_atomic(self.storage.join(self.path, RUN_INDEX_NAME), encode(state.index.to_dict()))
         self._retiring_on_disk = set(state.index.retiring)
 
@@ -332,9 +337,10 @@ class CheckpointManager(RunViews):
             try:
                 self._release_protection()
                 self._state.index.status = status
-                self._write_index(self._state)
-                # flushes the rows buffered since the last commit (no-op on a local run without a history)
-                self._history.flush()
+                try:  # the rows buffered since the last commit, first, so that the index's mark covers them
+                    self._history.flush()
+                finally:
+                    self._write_index(self._state)
             finally:
                 self._closed = True
                 self._lock.release()

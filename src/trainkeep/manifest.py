@@ -28,8 +28,9 @@ CHECKSUM_ALGORITHM = "xxh3_128"
 RUN_STATUSES = ("running", "finished", "failed")
 CONFIG_CHANGE_KIND = "config_change"  # the "kind" of a history row that records a change of CheckpointConfig
 _INDEX_FIELDS = frozenset({"schema", "version", "trainkeep_version", "status", "created", "updated", "next_round",
-                           "checkpoint_config", "checkpoints", "retiring"})
+                           "checkpoint_config", "checkpoints", "retiring", "history_mark"})
 _ENTRY_FIELDS = frozenset({"name", "round", "time", "size", "metrics", "corrupt"})
+_MARK_FIELDS = frozenset({"bytes", "round"})
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,20 @@ class IndexEntry:
         return cls(manifest.name, manifest.round, manifest.time, manifest.size, manifest.metrics)
 
 
+@dataclass(frozen=True)
+class HistoryMark:
+    """A point of ``history.jsonl`` that the run index vouches for, so that opening a run reads only what follows.
+
+    ``bytes``: the first ``bytes`` bytes of the history were whole, durable lines when the index was written;
+    ``round``: every committed checkpoint of an earlier round has its row within them. Opening a run checks that
+    the line ending at ``bytes`` is a whole history row and reads only from there (see ``trainkeep.history``); a
+    mark that fails the check is ignored and the whole history is read, as for a run without a mark.
+    """
+
+    bytes: int
+    round: int
+
+
 @dataclass
 class RunIndex:
     """The run index: a cache of the committed checkpoints, rebuilt from the manifests when missing."""
@@ -114,10 +129,11 @@ class RunIndex:
     checkpoints: list[IndexEntry] = field(default_factory=list)
     retiring: list[str] = field(default_factory=list)
     writer_version: str = __version__
+    history_mark: HistoryMark | None = None
 
     def to_dict(self) -> dict[str, Any]:
         marked = any(c.corrupt is not None for c in self.checkpoints)
-        return {
+        document = {
             "schema": RUN_INDEX_SCHEMA,
             "version": RUN_INDEX_VERSION if marked else SCHEMA_VERSION,
             "trainkeep_version": self.writer_version,
@@ -129,6 +145,9 @@ class RunIndex:
             "checkpoints": [c.to_dict() for c in self.checkpoints],
             "retiring": list(self.retiring),
         }
+        if self.history_mark is not None:
+            document["history_mark"] = {"bytes": self.history_mark.bytes, "round": self.history_mark.round}
+        return document
 
 
 def encode(document: dict[str, Any]) -> bytes:
@@ -251,7 +270,19 @@ def parse_run_index(raw: bytes, path: str) -> RunIndex:
     if not isinstance(retiring, list):
         raise CorruptRunError(path, "field 'retiring' must be a list")
     return RunIndex(config, next_round, status, float(created), float(updated), entries,
-                    [_name(n, path) for n in retiring], writer)
+                    [_name(n, path) for n in retiring], writer, _history_mark(data, path))
+
+
+def _history_mark(data: dict[str, Any], path: str) -> HistoryMark | None:
+    if "history_mark" not in data:  # written before trainkeep kept marks: the next index write adds one
+        return None
+    mark = data["history_mark"]
+    if not isinstance(mark, dict):
+        raise CorruptRunError(path, f"field 'history_mark' must be an object, got {mark!r}")
+    _no_unknown_fields(mark, _MARK_FIELDS, "history_mark: ", path)
+    size = _field(mark, "bytes", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path)
+    round_ = _field(mark, "round", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path)
+    return HistoryMark(size, round_)
 
 
 def _index_entry(i: int, item: Any, path: str) -> IndexEntry:
@@ -329,6 +360,16 @@ def parse_history_events(raw: bytes, parts: Sequence[bytes] = ()) -> list[dict[s
     for chunk in (raw, *parts):
         _parse_history_lines(chunk, {}, events)
     return sorted(events, key=lambda e: e["time"] if _is_time(e.get("time")) else 0.0)
+
+
+def parse_history_chunk(raw: bytes) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]], int]:
+    """Parse whole history lines from the start of ``raw``; return the rows by round (the last occurrence of a
+    round wins), the rows of another kind, and the byte length of the valid lines (the first line that is not
+    whole or does not parse ends them)."""
+    rows: dict[int, dict[str, Any]] = {}
+    events: list[dict[str, Any]] = []
+    valid = _parse_history_lines(raw, rows, events)
+    return rows, events, valid
 
 
 def _parse_history_lines(raw: bytes, rows: dict[int, dict[str, Any]], events: list[dict[str, Any]]) -> int:

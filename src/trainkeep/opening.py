@@ -11,8 +11,9 @@ import time
 
 from trainkeep.config import CheckpointConfig
 from trainkeep.errors import StorageError
+from trainkeep.history import HistoryScan
 from trainkeep.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME, TEMP_SUFFIX
-from trainkeep.manifest import RunIndex, history_line
+from trainkeep.manifest import HistoryMark, RunIndex, history_line
 from trainkeep.run import RunState, is_run, note_config_change, read_run
 from trainkeep.storage import Storage
 
@@ -42,11 +43,15 @@ def open_run(storage: Storage, path: str, config: CheckpointConfig) -> RunState:
         state = read_run(storage, path, config)
     else:
         now = time.time()
-        state = RunState(path, RunIndex(config.to_dict(), created=now, updated=now), [], 0, 0, index_changed=True)
+        state = RunState(path, RunIndex(config.to_dict(), created=now, updated=now),
+                         HistoryScan(0, 0, [], 0, None), index_changed=True, storage=storage)
     finish_retiring(storage, path, state)
     sweep(storage, path, state)
-    repair_history(storage, path, state)
-    note_config_change(storage, path, state, config)  # warns, and records a change, before any deletion
+    length = repair_history(storage, path, state)
+    if appended := note_config_change(storage, path, state, config):  # warns and records, before any deletion
+        length += appended
+        state.scan.durable_bytes = length  # its append was durable
+    state.history_mark = _durable_mark(storage, path, state, length)
     state.index.status = "running"
     state.index.next_round = state.next_round
     return state
@@ -81,19 +86,39 @@ def sweep(storage: Storage, path: str, state: RunState) -> None:
             storage.delete_file(storage.join(path, entry))
 
 
-def repair_history(storage: Storage, path: str, state: RunState) -> None:
-    """Truncate a torn last history line and append the rows of committed checkpoints the history lacks."""
+def repair_history(storage: Storage, path: str, state: RunState) -> int:
+    """Truncate a torn last history line and append the rows of committed checkpoints the history lacks.
+
+    Only checkpoints of rounds the index's mark does not vouch for are looked at (all of them without a mark).
+    Returns the history's length in bytes afterwards (as scanned, for a history kept in parts).
+    """
+    scan = state.scan
     history_path = storage.join(path, HISTORY_NAME)
-    if state.history_valid_bytes < state.history_total_bytes:
+    if scan.valid_bytes < scan.total_bytes:
         logger.info("truncating a torn last line of %s", history_path)
-        storage.truncate(history_path, state.history_valid_bytes)
-    rounds = {row["round"] for row in state.history}
+        storage.truncate(history_path, scan.valid_bytes)
+    length = scan.valid_bytes
+    rounds = {row["round"] for row in scan.rows}
     for entry in state.index.checkpoints:
-        if entry.round not in rounds:
+        if entry.round >= scan.checked_from and entry.round not in rounds:
             row = history_line(entry.round, entry.time, entry.metrics, entry.name)
             storage.append(history_path, row, durable=True)
-            state.history.append({"round": entry.round, "time": entry.time, "checkpoint": entry.name,
-                                  "metrics": entry.metrics})
+            length += len(row)
+            scan.durable_bytes = length  # the fsync made every earlier byte durable too
+    return length
+
+
+def _durable_mark(storage: Storage, path: str, state: RunState, length: int) -> HistoryMark | None:
+    """Return the mark of the opened run's history (None where it is kept in parts), made durable first.
+
+    Rows read past the old mark may still be only in the page cache (a writer that died left them unsynced):
+    they are synced before a mark can vouch for them.
+    """
+    if not storage.is_local:
+        return None
+    if length > state.scan.durable_bytes:
+        storage.append(storage.join(path, HISTORY_NAME), b"", durable=True)
+    return HistoryMark(length, state.next_round)
 
 
 def delete_checkpoint(storage: Storage, path: str, name: str) -> None:

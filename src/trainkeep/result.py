@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import fsspec
 
@@ -13,9 +14,10 @@ from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
 from trainkeep.corruption import records_of
 from trainkeep.errors import ConfigError, InvalidMetricsError
+from trainkeep.history import read_history_frame
 from trainkeep.metrics import as_float, flatten, lookup
 from trainkeep.retention import best_checkpoints
-from trainkeep.run import read_run
+from trainkeep.run import RunState, read_run
 from trainkeep.storage import resolve
 
 
@@ -41,7 +43,7 @@ class Result:
     best_checkpoints: list[tuple[Checkpoint, dict[str, Any]]] = field(default_factory=list)
     error: BaseException | None = None
     return_value: Any = None
-    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    history: Sequence[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, storage_filesystem: Any = None) -> Result:
@@ -57,13 +59,14 @@ class Result:
         best = [(Checkpoint(storage.join(run_path, r.name), storage.fs), dict(r.metrics))
                 for r in best_checkpoints(records, config)]
         latest = next((r for r in reversed(records) if not r.corrupt), None)
+        last = state.last_report
         return cls(
-            metrics=dict(state.history[-1]["metrics"]) if state.history else None,
+            metrics=dict(last["metrics"]) if last else None,
             checkpoint=Checkpoint(storage.join(run_path, latest.name), storage.fs) if latest else None,
             path=run_path,
             filesystem=storage.fs,
             best_checkpoints=best,
-            history=state.history,
+            history=_LazyHistory(state),  # read on first use: the checkpoints above need none of it
         )
 
     @property
@@ -84,6 +87,8 @@ class Result:
             raise ImportError(
                 "Result.metrics_dataframe needs pandas: pip install 'trainkeep[pandas]'"
             ) from None
+        if isinstance(self.history, _LazyHistory) and (frame := self.history.frame()) is not None:
+            return frame  # read by the columnar reader, laid out as below
         metrics = [self._flat_row(row) for row in self.history]
         names = {key for flat in metrics for key in flat}
         own = {field: _free_name(field, names) for field in _BOOKKEEPING}
@@ -151,3 +156,34 @@ def _free_name(field: str, taken: set[str]) -> str:
     while name in taken:
         name = f"trainkeep/{name}"
     return name
+
+
+class _LazyHistory(Sequence[dict[str, Any]]):
+    """The rows of a run's history, read from storage on first use (see ``RunState.history``)."""
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        return self._state.history[index]
+
+    def __len__(self) -> int:
+        return len(self._state.history)
+
+    def frame(self) -> Any:
+        """Return the history as ``metrics_dataframe``, by pyarrow's reader (None where it does not apply)."""
+        if self._state.storage is None:
+            return None
+        return read_history_frame(self._state.storage, self._state.path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self._state.history)

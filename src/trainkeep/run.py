@@ -23,6 +23,7 @@ from trainkeep.errors import (
     RunNotFoundError,
     StorageError,
 )
+from trainkeep.history import HistoryScan, scan_history
 from trainkeep.layout import (
     HISTORY_NAME,
     INTERNAL_DIR,
@@ -34,6 +35,7 @@ from trainkeep.layout import (
 )
 from trainkeep.manifest import (
     CONFIG_CHANGE_KIND,
+    HistoryMark,
     IndexEntry,
     Manifest,
     RunIndex,
@@ -53,22 +55,43 @@ HISTORY_PARTS_NAME = HISTORY_NAME + LOG_PARTS_SUFFIX  # object stores keep the h
 
 @dataclass
 class RunState:
-    """What is on storage for one run, reconciled: the index agrees with the manifests after loading."""
+    """What is on storage for one run, reconciled: the index agrees with the manifests after loading.
+
+    ``scan`` is what was read of the history to open the run (see :func:`trainkeep.history.scan_history`);
+    ``history`` reads every row on first use, so opening and listing a run never read the whole history.
+    ``history_mark`` is set by the opener: the durable, repaired history it leaves (None where kept in parts).
+    """
 
     path: str
     index: RunIndex
-    history: list[dict[str, Any]]
-    history_valid_bytes: int
-    history_total_bytes: int
+    scan: HistoryScan
     problems: list[str] = field(default_factory=list)
     index_rebuilt: bool = False
     index_changed: bool = False
+    storage: Storage | None = field(default=None, repr=False, compare=False)
+    history_mark: HistoryMark | None = None
+    _history: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def next_round(self) -> int:
-        last_history = self.history[-1]["round"] + 1 if self.history else 0
         last_ckpt = max((c.round + 1 for c in self.index.checkpoints), default=0)
-        return max(self.index.next_round, last_history, last_ckpt)
+        return max(self.index.next_round, self.scan.next_round, last_ckpt)
+
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """Return the history row of the newest completed round (from what was read to open the run)."""
+        return self.scan.last_row
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every completed round of the history, in round order, read from storage on first use."""
+        if self._history is None:
+            self._history = read_history(self.storage, self.path) if self.storage is not None else []
+        return self._history
+
+    @history.setter
+    def history(self, rows: list[dict[str, Any]]) -> None:
+        self._history = rows
 
 
 def manifest_path(storage: Storage, run_path: str, name: str) -> str:
@@ -97,6 +120,9 @@ def is_run(storage: Storage, run_path: str) -> bool:
 def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfig | None = None) -> RunState:
     """Load a run's state from storage without writing anything.
 
+    Of the history only what follows the index's mark is read (see :func:`trainkeep.history.scan_history`);
+    the whole of it is read on first use of the state's ``history``.
+
     The index is cross-checked against the directories present: a committed checkpoint missing from the index
     (a crash between manifest and index) is added; an index entry whose manifest is gone is dropped with a
     warning; an entry that disagrees with its manifest is rebuilt from it with a warning; an entry whose
@@ -113,9 +139,8 @@ def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfi
     index, rebuilt = _read_index(storage, run_path, checkpoint_config, problems)
     changed = _reconcile(storage, run_path, index, problems) or rebuilt
     changed = apply_marks(index, read_marks(storage, run_path)) or changed
-    raw_history, history_parts = storage.read_log(storage.join(run_path, HISTORY_NAME))
-    history, valid = parse_history(raw_history, history_parts)
-    return RunState(run_path, index, history, valid, len(raw_history), problems, rebuilt, changed)
+    scan = scan_history(storage, run_path, None if rebuilt else index.history_mark)
+    return RunState(run_path, index, scan, problems, rebuilt, changed, storage)
 
 
 def read_history(storage: Storage, run_path: str) -> list[dict[str, Any]]:
@@ -354,8 +379,10 @@ def decide_retention(
     return decision
 
 
-def note_config_change(storage: Storage, run_path: str, state: RunState, config: CheckpointConfig) -> None:
+def note_config_change(storage: Storage, run_path: str, state: RunState, config: CheckpointConfig) -> int:
     """Adopt ``config`` as the run's CheckpointConfig; when it differs from the stored one, warn and record it.
+
+    Returns the number of bytes appended to the history (0 when nothing was recorded).
 
     The warning names the old and the new settings and what retention under the new ones will delete; it is
     logged before anything is deleted. The change is appended to the history as a row of kind
@@ -374,7 +401,10 @@ def note_config_change(storage: Storage, run_path: str, state: RunState, config:
                        _settings(new), ", ".join(doomed) if doomed else "nothing now")
         line = config_change_line(state.next_round, time.time(), old, new)
         storage.append(storage.join(run_path, HISTORY_NAME), line, durable=True)
+        state.index.checkpoint_config = new
+        return len(line)
     state.index.checkpoint_config = new
+    return 0
 
 
 def read_config_changes(storage: Storage, run_path: str) -> list[dict[str, Any]]:

@@ -116,6 +116,13 @@ class Storage(ABC):
     def read_bytes(self, path: str) -> bytes:
         """Return the content of ``path``. Raises FileNotFoundError when missing, StorageError otherwise."""
 
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Return bytes ``start`` to ``end`` of ``path`` (fewer when it is shorter); raises as :meth:`read_bytes`.
+
+        This default reads the whole file; backends that can read a range override it.
+        """
+        return self.read_bytes(path)[start:end]
+
     @abstractmethod
     def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
         """Return the log at ``path``: the appended file's bytes (b"" when absent) and its parts, in order.

@@ -68,6 +68,13 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise wrap_error("read", path, exc) from exc
 
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return os.pread(f.fileno(), max(0, end - start), start)
+        except OSError as exc:
+            raise wrap_error("read", path, exc) from exc
+
     def write_atomic(self, path: str, data: bytes) -> None:
         """Write to a temp file, fsync it, rename it over ``path``, fsync the directory.
 

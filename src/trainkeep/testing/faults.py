@@ -268,6 +268,9 @@ class FaultyStorage(Storage):
     def read_bytes(self, path: str) -> bytes:
         return bytes(self._call("read_bytes", path, lambda: self.inner.read_bytes(path)))
 
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        return bytes(self._call("read_range", path, lambda: self.inner.read_range(path, start, end)))
+
     def write_atomic(self, path: str, data: bytes) -> None:
         op = Op("call", "write_atomic", path, data=bytes(data) if self.record_data else None)
         self._run(op, lambda: self.inner.write_atomic(path, data))
