@@ -15,6 +15,8 @@ from trainkeep.config import (
     FailureConfig,
     RunConfig,
     ScalingConfig,
+    ValidationConfig,
+    ValidationTaskConfig,
 )
 from trainkeep.errors import (
     CheckpointExistsError,
@@ -82,6 +84,8 @@ __all__ = [
     "get_checkpoint",
     "get_context",
     "report",
+    "ValidationConfig",
+    "ValidationTaskConfig",
 ]
 
 

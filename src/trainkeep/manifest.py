@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 from trainkeep import __version__
 from trainkeep.errors import CorruptRunError, IncompatibleRunError, InvalidCheckpointNameError
 from trainkeep.layout import validate_checkpoint_name, validate_relative_path
+from trainkeep.metrics import flatten, normalize_metrics
 
 MANIFEST_SCHEMA = "trainkeep.manifest"
 RUN_INDEX_SCHEMA = "trainkeep.run"
@@ -27,9 +28,14 @@ RUN_INDEX_VERSION = 2
 CHECKSUM_ALGORITHM = "xxh3_128"
 RUN_STATUSES = ("running", "finished", "failed")
 CONFIG_CHANGE_KIND = "config_change"  # the "kind" of a history row that records a change of CheckpointConfig
+VALIDATION_KIND = "validation"  # the "kind" of a history row that records the end of a checkpoint's validation
+# A checkpoint's validation states, Ray Train's names (trainkeep.trainer.validation.ValidationStatus).
+PENDING_VALIDATION, VALIDATED = "PENDING_VALIDATION", "VALIDATED"
+VALIDATION_STATUSES = (PENDING_VALIDATION, VALIDATED, "VALIDATION_TIMEOUT", "VALIDATION_FAILED")
+_VALIDATION_FIELDS = frozenset({"status", "metrics", "task", "error"})
 _INDEX_FIELDS = frozenset({"schema", "version", "trainkeep_version", "status", "created", "updated", "next_round",
                            "checkpoint_config", "checkpoints", "retiring"})
-_ENTRY_FIELDS = frozenset({"name", "round", "time", "size", "metrics", "corrupt"})
+_ENTRY_FIELDS = frozenset({"name", "round", "time", "size", "metrics", "corrupt", "validation"})
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,13 @@ class Manifest:
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """A committed checkpoint as listed in the run index; ``corrupt`` is why it failed verification, if it did."""
+    """A committed checkpoint as listed in the run index; ``corrupt`` is why it failed verification, if it did.
+
+    ``validation`` is its asynchronous validation, when one was requested: ``{"status": one of
+    VALIDATION_STATUSES, "metrics": what the validation returned, "task": the report's ValidationTaskConfig as
+    JSON (or None), "error": why it failed (optional)}``. ``metrics`` are the round's reported metrics with a
+    successful validation's metrics merged in (:func:`merge_validated`): what ranking and readers see.
+    """
 
     name: str
     round: int
@@ -83,23 +95,66 @@ class IndexEntry:
     size: int
     metrics: dict[str, Any]
     corrupt: str | None = None
+    validation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         document = {"name": self.name, "round": self.round, "time": self.time, "size": self.size,
                     "metrics": self.metrics}
         if self.corrupt is not None:
             document["corrupt"] = self.corrupt
+        if self.validation is not None:
+            document["validation"] = self.validation
         return document
 
     def agrees_with(self, manifest: Manifest) -> bool:
         """Return True when this entry says what ``manifest`` says (name, round, time, size, metrics)."""
         return (self.name, self.round, self.time, self.size) == (manifest.name, manifest.round, manifest.time,
-                                                                 manifest.size) and _same_json(self.metrics,
-                                                                                               manifest.metrics)
+                                                                 manifest.size) and _same_json(
+            self.metrics, _merged_metrics(manifest.metrics, self.validation))
+
+    def with_validation(self, validation: dict[str, Any]) -> IndexEntry:
+        """Return this entry in the validation state ``validation``, its metrics merged when VALIDATED.
+
+        Called on an entry that was not validated yet (its metrics are the reported ones).
+
+        Raises:
+            InvalidMetricsError when the validation's metrics are not plain JSON values.
+        """
+        metrics = self.metrics
+        if validation.get("status") == VALIDATED:
+            metrics = merge_validated(self.metrics, validation.get("metrics") or {})
+        return IndexEntry(self.name, self.round, self.time, self.size, metrics, self.corrupt, validation)
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> IndexEntry:
-        return cls(manifest.name, manifest.round, manifest.time, manifest.size, manifest.metrics)
+    def from_manifest(cls, manifest: Manifest, corrupt: str | None = None,
+                      validation: dict[str, Any] | None = None) -> IndexEntry:
+        return cls(manifest.name, manifest.round, manifest.time, manifest.size,
+                   _merged_metrics(manifest.metrics, validation), corrupt, validation)
+
+
+def merge_validated(reported: dict[str, Any], validated: dict[str, Any]) -> dict[str, Any]:
+    """Return ``reported`` with the metrics of a validation merged in; the validation wins on a clash.
+
+    The comparison is by flattened name, so one metric never ends up with two spellings: a reported key
+    (``{"val": {"acc": 1}}``) whose flattened names meet one of the validation's (``{"val/acc": 2}``) is
+    replaced whole. The result is normalised like a report.
+
+    Raises:
+        InvalidMetricsError when ``validated`` is not made of plain JSON values (see ``normalize_metrics``).
+    """
+    clean = normalize_metrics(validated)
+    names = set(flatten(clean))
+    kept = {k: v for k, v in reported.items() if k not in clean and not names & set(flatten({k: v}))}
+    return normalize_metrics({**kept, **clean})
+
+
+def _merged_metrics(reported: dict[str, Any], validation: dict[str, Any] | None) -> dict[str, Any]:
+    if validation is None or validation.get("status") != VALIDATED:
+        return reported
+    try:
+        return merge_validated(reported, validation.get("metrics") or {})
+    except (ValueError, TypeError):
+        return reported
 
 
 @dataclass
@@ -268,7 +323,26 @@ def _index_entry(i: int, item: Any, path: str) -> IndexEntry:
         _field(item, "size", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path),
         _field(item, "metrics", lambda v: isinstance(v, dict), "an object", path),
         corrupt,
+        _validation(i, item.get("validation"), path),
     )
+
+
+def _validation(i: int, value: Any, path: str) -> dict[str, Any] | None:
+    """Check an index entry's optional ``validation`` object (see :class:`IndexEntry`)."""
+    if value is None:
+        return None
+    where = f"checkpoints[{i}]: field 'validation'"
+    if not isinstance(value, dict):
+        raise CorruptRunError(path, f"{where} must be an object, got {value!r}")
+    _no_unknown_fields(value, _VALIDATION_FIELDS, f"{where}: ", path)
+    if value.get("status") not in VALIDATION_STATUSES:
+        raise CorruptRunError(path, f"{where}: 'status' must be one of {VALIDATION_STATUSES}, got "
+                                    f"{value.get('status')!r}")
+    if not isinstance(value.get("metrics", {}), dict) or not isinstance(value.get("task"), (dict, type(None))):
+        raise CorruptRunError(path, f"{where}: 'metrics' must be an object and 'task' an object or null")
+    if not isinstance(value.get("error", ""), str):
+        raise CorruptRunError(path, f"{where}: 'error' must be a string")
+    return value
 
 
 def _no_unknown_fields(data: dict[str, Any], known: frozenset[str], where: str, path: str) -> None:
@@ -307,6 +381,21 @@ def config_change_line(round_index: int, time_: float, old: dict[str, Any], new:
                        separators=(",", ":"), allow_nan=True) + "\n").encode()
 
 
+def validation_line(round_index: int, time_: float, name: str, metrics: dict[str, Any], status: str,
+                    error: str | None = None) -> bytes:
+    """Encode the end of checkpoint ``name``'s validation as a history line (kind ``"validation"``).
+
+    ``metrics`` are the round's metrics after the validation (merged when it succeeded, unchanged otherwise):
+    this trainkeep's readers put them in place of the round's row's metrics when ``status`` is VALIDATED; a
+    trainkeep older than row kinds takes the row for a repeat of the round, which has the same effect.
+    """
+    row: dict[str, Any] = {"round": round_index, "time": time_, "checkpoint": name, "metrics": metrics,
+                           "kind": VALIDATION_KIND, "status": status}
+    if error is not None:
+        row["error"] = error
+    return (json.dumps(row, separators=(",", ":"), allow_nan=True) + "\n").encode()
+
+
 def parse_history(raw: bytes, parts: Sequence[bytes] = ()) -> tuple[list[dict[str, Any]], int]:
     """Parse ``history.jsonl`` and the parts of a history kept in parts; return the rows and the byte length of
     the valid prefix of ``raw``.
@@ -314,12 +403,19 @@ def parse_history(raw: bytes, parts: Sequence[bytes] = ()) -> tuple[list[dict[st
     A torn last line (a crash while appending) ends the valid prefix; rows are sorted by round, and a round
     that appears twice keeps its last occurrence (``raw`` first, then ``parts`` in log order). Each part is a
     whole object written at once (object stores); a line that does not parse ends that part. Rows of another
-    kind (config changes, see :func:`parse_history_events`) are valid lines but not rounds: they are left out.
+    kind (config changes, see :func:`parse_history_events`) are valid lines but not rounds: they are left out,
+    except that a successful validation's metrics replace those of its round's row (same round and checkpoint).
     """
     rows: dict[int, dict[str, Any]] = {}
-    valid = _parse_history_lines(raw, rows, [])
+    events: list[dict[str, Any]] = []
+    valid = _parse_history_lines(raw, rows, events)
     for part in parts:
-        _parse_history_lines(part, rows, [])
+        _parse_history_lines(part, rows, events)
+    for event in events:
+        row = rows.get(event["round"])
+        if (event.get("kind") == VALIDATION_KIND and event.get("status") == VALIDATED and row is not None
+                and row.get("checkpoint") == event.get("checkpoint")):
+            rows[event["round"]] = {**row, "metrics": event["metrics"]}
     return sorted(rows.values(), key=lambda r: r["round"]), valid
 
 

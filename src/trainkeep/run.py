@@ -5,6 +5,7 @@ The manager builds on these to resume a run; ``Result.from_path`` and the CLI us
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -34,6 +35,7 @@ from trainkeep.layout import (
 )
 from trainkeep.manifest import (
     CONFIG_CHANGE_KIND,
+    PENDING_VALIDATION,
     IndexEntry,
     Manifest,
     RunIndex,
@@ -208,8 +210,7 @@ def _check_entry(
     except CorruptRunError as exc:
         reason = f"manifest: {exc.reason}"
         problems.append(f"checkpoint {entry.name} has a damaged manifest ({reason})")
-        return entry if entry.corrupt is not None else IndexEntry(entry.name, entry.round, entry.time, entry.size,
-                                                                   entry.metrics, reason)
+        return entry if entry.corrupt is not None else dataclasses.replace(entry, corrupt=reason)
     except (IncompatibleRunError, OSError) as exc:  # newer, or unreadable now: keep it as it is, verify reports it
         problems.append(f"checkpoint {entry.name}: its manifest cannot be read ({exc})")
         logger.warning("cannot read the manifest of checkpoint %s of run %s (%s)", entry.name, run_path, exc)
@@ -219,7 +220,7 @@ def _check_entry(
     problems.append(f"checkpoint {entry.name}: its run index entry disagrees with its manifest; rebuilt")
     logger.warning("the run index entry of checkpoint %s of run %s disagrees with its manifest; rebuilding the "
                    "entry from the manifest", entry.name, run_path)
-    return IndexEntry(manifest.name, manifest.round, manifest.time, manifest.size, manifest.metrics, entry.corrupt)
+    return IndexEntry.from_manifest(manifest, entry.corrupt, entry.validation)
 
 
 UNREADABLE = "unreadable"  # the kind of a Problem that is a read error, not damage
@@ -348,6 +349,9 @@ def decide_retention(
     """
     if corrupt_only:
         return decide_corrupt(records_of(index))
+    # a checkpoint whose validation is pending is kept, like one a live worker started from
+    protected = {*protected, *(c.name for c in index.checkpoints
+                               if c.validation is not None and c.validation.get("status") == PENDING_VALIDATION)}
     decision = decide(records_of(index), config, protected)
     if decision.delete and apply_marks(index, read_marks(storage, run_path, [r.name for r in decision.delete])):
         decision = decide(records_of(index), config, protected)

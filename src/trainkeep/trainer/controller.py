@@ -27,6 +27,7 @@ from trainkeep.trainer.failures import AttemptFailed, describe_exit, unpack_exce
 from trainkeep.trainer.group import Event, Exited, WorkerGroup
 from trainkeep.trainer.interrupt import deferred_sigint
 from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round
+from trainkeep.trainer.validation import ValidationRunner
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Controller:
     """
 
     def __init__(self, manager: CheckpointManager, group: WorkerGroup, world_size: int, timeout_s: float,
-                 start: str | None) -> None:
+                 start: str | None, validations: ValidationRunner | None = None) -> None:
         self.manager, self.group, self.world_size, self.timeout_s = manager, group, world_size, timeout_s
         self._base = manager.next_round
         self._rounds: dict[int, Round] = {}
@@ -55,6 +56,9 @@ class Controller:
         self._latest = start
         self._failures: list[AttemptFailed] = []
         self._committed = {record.name for record in manager.records()}
+        self._validations = validations
+        self._requested: dict[int, Any] = {}  # round k -> report(validation=...) of its first checkpointing rank
+        self._custom_uploads: set[int] = set()  # rounds whose files a checkpoint_upload_fn uploaded
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -125,6 +129,10 @@ class Controller:
             rnd.add(arrival)
         except InconsistentReportError as exc:
             self._fail(exc, False, rank)
+        if msg.has_checkpoint and msg.validation is not False:
+            self._requested.setdefault(k, msg.validation)
+        if msg.has_checkpoint and msg.custom_upload:
+            self._custom_uploads.add(k)
         if msg.has_checkpoint and msg.files is not None:
             rnd.uploads.add(rank)
             rnd.deferred.append(rank)
@@ -194,19 +202,32 @@ class Controller:
                 self.manager.record(metrics)
             else:
                 assert rnd.staged is not None  # a complete round with a name was staged, or the attempt failed
-                entries = rnd.entries + (self._scan_in_place(rnd) if rnd.no_upload else [])
+                entries = self._entries(rnd)
                 self._latest = rnd.staged.commit(metrics, entries).path
+                requested = self._requested.pop(rnd.k, False)
+                if requested is not False and self._validations is not None:
+                    self._validations.request(rnd.name, requested)
         except Exception as exc:  # a storage error: the round fails whole, and the attempt with it
             self._fail(exc, True)
         for arrival in rnd.arrivals.values():
             if arrival.mode in _WAITS_FOR_COMMIT:
                 self.group.send(arrival.rank, p.Done(self._latest))
 
-    def _scan_in_place(self, rnd: Round) -> list[FileEntry]:
-        """Checksum the files a NO_UPLOAD rank left in the staged directory (those nobody uploaded)."""
+    def _entries(self, rnd: Round) -> list[FileEntry]:
+        """Return the manifest's files: the uploads' entries, plus what lies in place (read back from storage).
+
+        A checkpoint_upload_fn may write any files (and over another rank's): its round is read back whole.
+        """
+        if rnd.k in self._custom_uploads:
+            self._custom_uploads.discard(rnd.k)
+            return self._scan_in_place(rnd, [])
+        return rnd.entries + (self._scan_in_place(rnd, rnd.entries) if rnd.no_upload else [])
+
+    def _scan_in_place(self, rnd: Round, known: list[FileEntry]) -> list[FileEntry]:
+        """Checksum the files in the staged directory that ``known`` does not list (those nobody uploaded)."""
         assert rnd.staged is not None
         storage, root = self.manager.storage, rnd.staged.path
-        uploaded = {e.path for e in rnd.entries}
+        uploaded = {e.path for e in known}
         entries = []
         for rel in iter_files(storage, root):
             if rel in uploaded or is_reserved_file(rel) or rel == MANIFEST_NAME:
