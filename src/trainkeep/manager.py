@@ -34,7 +34,7 @@ from trainkeep.layout import (
     default_checkpoint_name,
     validate_checkpoint_name,
 )
-from trainkeep.manifest import PENDING_VALIDATION, FileEntry, IndexEntry, Manifest, encode, validation_line
+from trainkeep.manifest import FileEntry, IndexEntry, Manifest, encode, validation_line
 from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.opening import delete_checkpoint, open_run, prepare_run_dir
 from trainkeep.retention import Decision
@@ -179,8 +179,8 @@ class CheckpointManager(RunViews):
     def update_validation(self, name: str, validation: dict[str, Any]) -> bool:
         """Put committed checkpoint ``name`` in the validation state ``validation``, then apply retention.
 
-        A final state (not PENDING_VALIDATION) is first appended to the history as a row of kind "validation"
-        (durably), then the run index is replaced; a VALIDATED state merges the validation's metrics into the
+        The state is first appended to the history as a row of kind "validation" (durably: it restores the state
+        if the index is ever rebuilt from the manifests), then the run index is replaced; a VALIDATED state merges the validation's metrics into the
         checkpoint's, so retention ranks it by them. Returns False, writing nothing, when ``name`` is no longer
         committed. If the process dies inside, the index says the old state or the new one.
 
@@ -194,11 +194,9 @@ class CheckpointManager(RunViews):
             if i is None:
                 return False
             entry = entries[i].with_validation(validation)
-            if validation["status"] != PENDING_VALIDATION:
-                self._history.flush_owed()  # the round's own row goes first
-                self.storage.append(self._history.path, validation_line(
-                    entry.round, time.time(), name, entry.metrics, validation["status"], validation.get("error")),
-                    durable=True)
+            self._history.flush_owed()  # the round's own row goes first
+            self.storage.append(self._history.path, validation_line(entry.round, time.time(), name, entry.metrics,
+                                                                    validation), durable=True)
             entries[i] = entry
             self._write_index(self._state)
             self._apply_retention()

@@ -381,19 +381,52 @@ def config_change_line(round_index: int, time_: float, old: dict[str, Any], new:
                        separators=(",", ":"), allow_nan=True) + "\n").encode()
 
 
-def validation_line(round_index: int, time_: float, name: str, metrics: dict[str, Any], status: str,
-                    error: str | None = None) -> bytes:
-    """Encode the end of checkpoint ``name``'s validation as a history line (kind ``"validation"``).
+def validation_line(round_index: int, time_: float, name: str, metrics: dict[str, Any],
+                    validation: dict[str, Any]) -> bytes:
+    """Encode a change of checkpoint ``name``'s validation state as a history line (kind ``"validation"``).
 
-    ``metrics`` are the round's metrics after the validation (merged when it succeeded, unchanged otherwise):
-    this trainkeep's readers put them in place of the round's row's metrics when ``status`` is VALIDATED; a
-    trainkeep older than row kinds takes the row for a repeat of the round, which has the same effect.
+    ``metrics`` are the round's metrics in that state (merged when VALIDATED, as reported otherwise): this
+    trainkeep's readers put them in place of the round's row's metrics when the status is VALIDATED; a trainkeep
+    older than row kinds takes the row for a repeat of the round, which has the same effect. The rows also
+    restore the validation states of an index rebuilt from the manifests (:func:`restore_validations`).
     """
     row: dict[str, Any] = {"round": round_index, "time": time_, "checkpoint": name, "metrics": metrics,
-                           "kind": VALIDATION_KIND, "status": status}
-    if error is not None:
-        row["error"] = error
+                           "kind": VALIDATION_KIND, "status": validation["status"]}
+    for key in ("task", "error"):
+        if validation.get(key) is not None:
+            row[key] = validation[key]
     return (json.dumps(row, separators=(",", ":"), allow_nan=True) + "\n").encode()
+
+
+def restore_validations(index: RunIndex, events: Sequence[dict[str, Any]]) -> bool:
+    """Give the entries of ``index`` that have no validation state the last one the history recorded for them.
+
+    ``events`` are the history's non-round rows in time order (:func:`parse_history_events`). Used when the index
+    was rebuilt from the manifests, which know nothing of validations: without it a validated checkpoint would
+    rank by its reported metrics again, and a pending one would lose its protection. Returns True on a change.
+    """
+    last: dict[tuple[int, str], dict[str, Any]] = {}
+    for event in events:
+        if event.get("kind") == VALIDATION_KIND and event.get("status") in VALIDATION_STATUSES:
+            last[(event["round"], str(event.get("checkpoint")))] = event
+    changed = False
+    for i, entry in enumerate(index.checkpoints):
+        found = last.get((entry.round, entry.name))
+        if entry.validation is not None or found is None:
+            continue
+        event = found
+        state: dict[str, Any] = {"status": event["status"], "task": event.get("task"),
+                                 "metrics": event["metrics"] if event["status"] == VALIDATED else {}}
+        if isinstance(event.get("error"), str):
+            state["error"] = event["error"]
+        if not isinstance(state["task"], dict):
+            state["task"] = None
+        try:
+            index.checkpoints[i] = entry.with_validation(state)
+        except (TypeError, ValueError):  # metrics that cannot be merged: the entry stays as its manifest says
+            continue
+        changed = True
+    return changed
 
 
 def parse_history(raw: bytes, parts: Sequence[bytes] = ()) -> tuple[list[dict[str, Any]], int]:

@@ -44,6 +44,7 @@ from trainkeep.manifest import (
     parse_history_events,
     parse_manifest,
     parse_run_index,
+    restore_validations,
 )
 from trainkeep.retention import Decision, decide, decide_corrupt
 from trainkeep.storage import Storage, iter_files
@@ -117,6 +118,8 @@ def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfi
     changed = apply_marks(index, read_marks(storage, run_path)) or changed
     raw_history, history_parts = storage.read_log(storage.join(run_path, HISTORY_NAME))
     history, valid = parse_history(raw_history, history_parts)
+    if rebuilt:  # the manifests know nothing of validations; their history rows do
+        changed = restore_validations(index, parse_history_events(raw_history, history_parts)) or changed
     return RunState(run_path, index, history, valid, len(raw_history), problems, rebuilt, changed)
 
 

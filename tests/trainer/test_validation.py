@@ -155,6 +155,15 @@ def test_validation_scores_reorder_retention(make_run, tmp_path):
     for name in dirs(result.path):
         assert verify_checkpoint(LocalStorage(), result.path, name) == []  # the manifests are untouched
 
+    # the run index lost: rebuilt from the manifests, the validations come back from the history, so reopening
+    # with the same policy keeps the validated best (ranked by its reported score 1, it would be deleted)
+    os.remove(os.path.join(result.path, "trainkeep_run.json"))
+    with tk.CheckpointManager(result.path, run.checkpoint_config) as manager:
+        assert [(c.path.rsplit("/", 1)[1], m["score"]) for c, m in manager.best_checkpoints] == [
+            ("checkpoint_000001", 9)]
+    assert dirs(result.path) == ["checkpoint_000001", "checkpoint_000002"]
+    assert statuses(result.path) == {"checkpoint_000001": "VALIDATED", "checkpoint_000002": "VALIDATED"}
+
 
 def test_a_slow_validation_does_not_hold_up_report_rounds(make_run, tmp_path):
     marks = str(tmp_path)
