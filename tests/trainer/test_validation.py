@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -106,6 +108,13 @@ def train_then_fail_mid_validation(config: dict) -> None:
     if not wait_for(os.path.join(config["marks"], "started")):
         raise AssertionError("the validation never started")
     raise RuntimeError("the worker fails while the validation runs")
+
+
+def train_then_wait(config: dict) -> None:
+    if tk.get_checkpoint() is not None:
+        return  # the resumed run: nothing more to train
+    tk.report({"epoch": 0}, checkpoint=save(0), validation=True)
+    wait_for(os.path.join(config["marks"], "release"))
 
 
 def train_asks_validation(config: dict) -> None:
@@ -209,6 +218,51 @@ def test_a_validation_pending_when_the_run_stops_runs_when_it_resumes(make_run, 
     result = fit(train_then_fail_mid_validation, {"marks": marks}, run, quick)
     assert statuses(result.path) == {"checkpoint_000000": "VALIDATED"}
     assert result.best_checkpoints[0][1] == {"epoch": 0, "val": 7}
+    assert history_rows(result.path)[0]["metrics"] == {"epoch": 0, "val": 7}
+
+
+DRIVER = """
+import sys
+sys.path[:0] = {paths!r}
+import trainkeep as tk
+import test_validation as t
+config = {{"marks": {marks!r}}}
+validation = tk.ValidationConfig(t.blocking_fn, task_config=tk.ValidationTaskConfig(fn_kwargs=config))
+t.fit(t.train_then_wait, config, tk.RunConfig(name="run", storage_path={storage!r}), validation)
+"""
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_validation_cut_short_by_a_killed_driver_runs_when_the_run_resumes(storage, tmp_path):
+    marks = str(tmp_path)
+    script = DRIVER.format(paths=[os.path.dirname(__file__), *sys.path], marks=marks, storage=storage)
+    driver = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert wait_for(os.path.join(marks, "started"), 120), "the validation never started"
+    finally:
+        driver.kill()
+        driver.wait()
+    validator = int(open(os.path.join(marks, "started")).read())
+    end = time.monotonic() + 30
+    while is_alive(validator) and time.monotonic() < end:  # it ends with the driver: nobody would read it
+        time.sleep(0.05)
+    assert not is_alive(validator)
+    touch(os.path.join(marks, "release"))  # lets the orphaned worker return, and find its driver gone
+    run_path = os.path.join(storage, "run")
+    assert statuses(run_path) == {"checkpoint_000000": "PENDING_VALIDATION"}
+    assert not os.path.exists(os.path.join(marks, "done"))
+
+    quick = tk.ValidationConfig(blocking_fn,
+                                task_config=tk.ValidationTaskConfig(fn_kwargs={"marks": marks, "block": False}))
+    result = fit(train_then_wait, {"marks": marks}, tk.RunConfig(name="run", storage_path=storage), quick)
+    assert statuses(result.path) == {"checkpoint_000000": "VALIDATED"}
     assert history_rows(result.path)[0]["metrics"] == {"epoch": 0, "val": 7}
 
 
