@@ -354,7 +354,8 @@ def train_with_upload_fn(config: dict) -> None:
 
 
 def train_with_bad_upload_fn(config: dict) -> None:
-    tk.report({"epoch": 0}, checkpoint=save(0), checkpoint_upload_fn=lambda ckpt, name: ckpt)
+    returns = {"local": lambda ckpt, name: ckpt, "none": lambda ckpt, name: None}[config["returns"]]
+    tk.report({"epoch": 0}, checkpoint=save(0), checkpoint_upload_fn=returns)
 
 
 def test_checkpoint_upload_fn_uploads_and_trainkeep_commits_what_it_finds(make_run):
@@ -370,7 +371,18 @@ def test_checkpoint_upload_fn_uploads_and_trainkeep_commits_what_it_finds(make_r
 
 def test_checkpoint_upload_fn_must_return_the_uploaded_checkpoint(make_run):
     with pytest.raises(ValueError, match="checkpoint_upload_fn must upload into the checkpoint directory"):
-        fit(train_with_bad_upload_fn, {}, make_run())
+        fit(train_with_bad_upload_fn, {"returns": "local"}, make_run("a"))
+    with pytest.raises(ValueError, match="checkpoint_upload_fn must return a trainkeep.Checkpoint, got NoneType"):
+        fit(train_with_bad_upload_fn, {"returns": "none"}, make_run("b"))
+    assert dirs(os.path.join(make_run().storage_path, "a")) == []  # the round was swept
+
+
+def test_validation_on_s3_reads_the_committed_checkpoint_from_the_bucket(s3_fs, tmp_path):
+    run = tk.RunConfig(name="run", storage_path=f"s3://{s3_fs.bucket_name}/runs", storage_filesystem=s3_fs)
+    result = fit(train_scores, {"scores": [(1, 2)]}, run, tk.ValidationConfig(score_fn))
+    assert result.best_checkpoints[0][1] == {"epoch": 0, "score": 2, "validated_epoch": 0}
+    read_back = tk.Result.from_path(f"s3://{s3_fs.bucket_name}/runs/run", storage_filesystem=s3_fs)
+    assert read_back.metrics_dataframe["score"].tolist() == [2]
 
 
 def test_checkpoint_upload_fn_on_s3(s3_fs, tmp_path):

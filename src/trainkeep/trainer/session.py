@@ -196,15 +196,15 @@ class Session:
         """Upload with the user's ``checkpoint_upload_fn`` into the staged directory (the driver reads it back).
 
         Raises:
-            ConfigTypeError / ConfigError when the function returns something other than a Checkpoint of the
-            directory it was given.
+            ConfigError (a ValueError, as in Ray) when the function returns something other than a Checkpoint of
+            the directory it was given.
         """
         assert plan.upload_fn is not None and plan.checkpoint is not None
         name = dest.path.rstrip("/").rpartition("/")[2]
         uploaded = plan.upload_fn(plan.checkpoint, name)
         if not isinstance(uploaded, Checkpoint):
-            self.bad_input = ConfigTypeError(f"checkpoint_upload_fn must return a trainkeep.Checkpoint, got "
-                                             f"{type(uploaded).__name__}: {uploaded!r}")
+            self.bad_input = ConfigError(f"checkpoint_upload_fn must return a trainkeep.Checkpoint, got "
+                                         f"{type(uploaded).__name__}: {uploaded!r}")
             raise self.bad_input
         if not self._is_path(uploaded, dest.path):
             self.bad_input = ConfigError(
