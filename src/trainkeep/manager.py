@@ -180,9 +180,10 @@ class CheckpointManager(RunViews):
         """Put committed checkpoint ``name`` in the validation state ``validation``, then apply retention.
 
         The state is first appended to the history as a row of kind "validation" (durably: it restores the state
-        if the index is ever rebuilt from the manifests), then the run index is replaced; a VALIDATED state merges the validation's metrics into the
-        checkpoint's, so retention ranks it by them. Returns False, writing nothing, when ``name`` is no longer
-        committed. If the process dies inside, the index says the old state or the new one.
+        if the index is ever rebuilt from the manifests), then the run index is replaced; a VALIDATED state merges
+        the validation's metrics into the checkpoint's, so retention ranks it by them. Returns False, writing
+        nothing, when ``name`` is no longer committed. If the process dies inside, the index says the old state or
+        the new one.
 
         Raises:
             InvalidMetricsError for metrics that cannot be merged (nothing written); StorageError.
