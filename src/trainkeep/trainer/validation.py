@@ -239,8 +239,9 @@ class ValidationRunner:
             proc = self._proc
             try:
                 assert proc.stdin is not None
-                with contextlib.suppress(BrokenPipeError):
+                with contextlib.suppress(BrokenPipeError):  # a process that died at once fails below
                     proc.stdin.write(payload)
+                with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
                 try:
                     proc.wait(timeout)
