@@ -24,7 +24,11 @@ SCHEMA_VERSION = 1
 # The run index's version 2 adds the optional per-entry field "corrupt". An index is written as version 2 only
 # while an entry carries that mark, so older trainkeep versions (which read version 1 and would drop the mark,
 # then let retention delete the checkpoint) refuse such a run instead; every other run stays version 1.
-RUN_INDEX_VERSION = 2
+# Version 3 adds the optional per-entry field "validation", on the same terms: a trainkeep that reads up to
+# version 2 would rebuild the index without it, rank validated checkpoints by their reported metrics again and
+# delete pending ones, so an index is version 3 only while an entry carries a validation state.
+CORRUPT_MARK_VERSION = 2
+RUN_INDEX_VERSION = 3
 CHECKSUM_ALGORITHM = "xxh3_128"
 RUN_STATUSES = ("running", "finished", "failed")
 CONFIG_CHANGE_KIND = "config_change"  # the "kind" of a history row that records a change of CheckpointConfig
@@ -172,9 +176,10 @@ class RunIndex:
 
     def to_dict(self) -> dict[str, Any]:
         marked = any(c.corrupt is not None for c in self.checkpoints)
+        validated = any(c.validation is not None for c in self.checkpoints)
         return {
             "schema": RUN_INDEX_SCHEMA,
-            "version": RUN_INDEX_VERSION if marked else SCHEMA_VERSION,
+            "version": RUN_INDEX_VERSION if validated else CORRUPT_MARK_VERSION if marked else SCHEMA_VERSION,
             "trainkeep_version": self.writer_version,
             "status": self.status,
             "created": self.created,

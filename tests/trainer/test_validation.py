@@ -17,7 +17,15 @@ import pytest
 
 import trainkeep as tk
 from trainkeep.errors import CorruptRunError
-from trainkeep.manifest import IndexEntry, Manifest, encode, merge_validated, parse_history, parse_run_index
+from trainkeep.manifest import (
+    IndexEntry,
+    Manifest,
+    RunIndex,
+    encode,
+    merge_validated,
+    parse_history,
+    parse_run_index,
+)
 from trainkeep.run import verify_checkpoint
 from trainkeep.storage import LocalStorage
 
@@ -323,6 +331,10 @@ def test_the_run_index_keeps_validation_states_and_refuses_bad_ones():
                        "updated": 1.0, "next_round": 1, "checkpoint_config": {}, "checkpoints": [entry_dict]})
 
     assert parse_run_index(index(done.validation), "i").checkpoints[0] == done
+    # only an index with a validation state is version 3: a trainkeep reading up to 2 refuses it (instead of
+    # rebuilding it without the states and deleting what they protect); others keep their version
+    assert RunIndex({}, checkpoints=[done]).to_dict()["version"] == 3
+    assert RunIndex({}, checkpoints=[IndexEntry.from_manifest(manifest)]).to_dict()["version"] == 1
     for bad in ({"status": "DONE", "metrics": {}}, {"status": "VALIDATED", "metrics": []}, [], {"status": "VALIDATED",
                                                                                                "extra": 1}):
         with pytest.raises(CorruptRunError):
