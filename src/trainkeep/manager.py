@@ -34,13 +34,14 @@ from trainkeep.layout import (
     default_checkpoint_name,
     validate_checkpoint_name,
 )
-from trainkeep.manifest import FileEntry, IndexEntry, Manifest, encode, validation_line
+from trainkeep.manifest import FileEntry, IndexEntry, Manifest, encode
 from trainkeep.metrics import check_score, normalize_metrics
 from trainkeep.opening import delete_checkpoint, open_run, prepare_run_dir
 from trainkeep.retention import Decision
 from trainkeep.run import RunState, choose_resume, decide_retention, read_history
 from trainkeep.storage import Storage, list_source_files, resolve
 from trainkeep.storage.base import TransferStats, format_bytes
+from trainkeep.validation_state import validation_line
 from trainkeep.views import RunViews
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,13 @@ from typing import Any, TypeGuard
 from trainkeep import __version__
 from trainkeep.errors import CorruptRunError, IncompatibleRunError, InvalidCheckpointNameError
 from trainkeep.layout import validate_checkpoint_name, validate_relative_path
-from trainkeep.metrics import flatten, normalize_metrics
+from trainkeep.validation_state import (
+    VALIDATED,
+    VALIDATION_KIND,
+    merge_validated,
+    merged_metrics,
+    parse_validation,
+)
 
 MANIFEST_SCHEMA = "trainkeep.manifest"
 RUN_INDEX_SCHEMA = "trainkeep.run"
@@ -32,11 +38,6 @@ RUN_INDEX_VERSION = 3
 CHECKSUM_ALGORITHM = "xxh3_128"
 RUN_STATUSES = ("running", "finished", "failed")
 CONFIG_CHANGE_KIND = "config_change"  # the "kind" of a history row that records a change of CheckpointConfig
-VALIDATION_KIND = "validation"  # the "kind" of a history row that records the end of a checkpoint's validation
-# A checkpoint's validation states, Ray Train's names (trainkeep.trainer.validation.ValidationStatus).
-PENDING_VALIDATION, VALIDATED = "PENDING_VALIDATION", "VALIDATED"
-VALIDATION_STATUSES = (PENDING_VALIDATION, VALIDATED, "VALIDATION_TIMEOUT", "VALIDATION_FAILED")
-_VALIDATION_FIELDS = frozenset({"status", "metrics", "task", "error"})
 _INDEX_FIELDS = frozenset({"schema", "version", "trainkeep_version", "status", "created", "updated", "next_round",
                            "checkpoint_config", "checkpoints", "retiring"})
 _ENTRY_FIELDS = frozenset({"name", "round", "time", "size", "metrics", "corrupt", "validation"})
@@ -90,7 +91,8 @@ class IndexEntry:
     ``validation`` is its asynchronous validation, when one was requested: ``{"status": one of
     VALIDATION_STATUSES, "metrics": what the validation returned, "task": the report's ValidationTaskConfig as
     JSON (or None), "error": why it failed (optional)}``. ``metrics`` are the round's reported metrics with a
-    successful validation's metrics merged in (:func:`merge_validated`): what ranking and readers see.
+    successful validation's metrics merged in (``validation_state.merge_validated``): what ranking and readers
+    see.
     """
 
     name: str
@@ -114,7 +116,7 @@ class IndexEntry:
         """Return True when this entry says what ``manifest`` says (name, round, time, size, metrics)."""
         return (self.name, self.round, self.time, self.size) == (manifest.name, manifest.round, manifest.time,
                                                                  manifest.size) and _same_json(
-            self.metrics, _merged_metrics(manifest.metrics, self.validation))
+            self.metrics, merged_metrics(manifest.metrics, self.validation))
 
     def with_validation(self, validation: dict[str, Any]) -> IndexEntry:
         """Return this entry in the validation state ``validation``, its metrics merged when VALIDATED.
@@ -133,32 +135,7 @@ class IndexEntry:
     def from_manifest(cls, manifest: Manifest, corrupt: str | None = None,
                       validation: dict[str, Any] | None = None) -> IndexEntry:
         return cls(manifest.name, manifest.round, manifest.time, manifest.size,
-                   _merged_metrics(manifest.metrics, validation), corrupt, validation)
-
-
-def merge_validated(reported: dict[str, Any], validated: dict[str, Any]) -> dict[str, Any]:
-    """Return ``reported`` with the metrics of a validation merged in; the validation wins on a clash.
-
-    The comparison is by flattened name, so one metric never ends up with two spellings: a reported key
-    (``{"val": {"acc": 1}}``) whose flattened names meet one of the validation's (``{"val/acc": 2}``) is
-    replaced whole. The result is normalised like a report.
-
-    Raises:
-        InvalidMetricsError when ``validated`` is not made of plain JSON values (see ``normalize_metrics``).
-    """
-    clean = normalize_metrics(validated)
-    names = set(flatten(clean))
-    kept = {k: v for k, v in reported.items() if k not in clean and not names & set(flatten({k: v}))}
-    return normalize_metrics({**kept, **clean})
-
-
-def _merged_metrics(reported: dict[str, Any], validation: dict[str, Any] | None) -> dict[str, Any]:
-    if validation is None or validation.get("status") != VALIDATED:
-        return reported
-    try:
-        return merge_validated(reported, validation.get("metrics") or {})
-    except (ValueError, TypeError):
-        return reported
+                   merged_metrics(manifest.metrics, validation), corrupt, validation)
 
 
 @dataclass
@@ -328,26 +305,8 @@ def _index_entry(i: int, item: Any, path: str) -> IndexEntry:
         _field(item, "size", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path),
         _field(item, "metrics", lambda v: isinstance(v, dict), "an object", path),
         corrupt,
-        _validation(i, item.get("validation"), path),
+        parse_validation(f"checkpoints[{i}]", item.get("validation"), path),
     )
-
-
-def _validation(i: int, value: Any, path: str) -> dict[str, Any] | None:
-    """Check an index entry's optional ``validation`` object (see :class:`IndexEntry`)."""
-    if value is None:
-        return None
-    where = f"checkpoints[{i}]: field 'validation'"
-    if not isinstance(value, dict):
-        raise CorruptRunError(path, f"{where} must be an object, got {value!r}")
-    _no_unknown_fields(value, _VALIDATION_FIELDS, f"{where}: ", path)
-    if value.get("status") not in VALIDATION_STATUSES:
-        raise CorruptRunError(path, f"{where}: 'status' must be one of {VALIDATION_STATUSES}, got "
-                                    f"{value.get('status')!r}")
-    if not isinstance(value.get("metrics", {}), dict) or not isinstance(value.get("task"), (dict, type(None))):
-        raise CorruptRunError(path, f"{where}: 'metrics' must be an object and 'task' an object or null")
-    if not isinstance(value.get("error", ""), str):
-        raise CorruptRunError(path, f"{where}: 'error' must be a string")
-    return value
 
 
 def _no_unknown_fields(data: dict[str, Any], known: frozenset[str], where: str, path: str) -> None:
@@ -384,54 +343,6 @@ def config_change_line(round_index: int, time_: float, old: dict[str, Any], new:
     return (json.dumps({"round": round_index, "time": time_, "checkpoint": None, "metrics": {},
                         "kind": CONFIG_CHANGE_KIND, "old_checkpoint_config": old, "new_checkpoint_config": new},
                        separators=(",", ":"), allow_nan=True) + "\n").encode()
-
-
-def validation_line(round_index: int, time_: float, name: str, metrics: dict[str, Any],
-                    validation: dict[str, Any]) -> bytes:
-    """Encode a change of checkpoint ``name``'s validation state as a history line (kind ``"validation"``).
-
-    ``metrics`` are the round's metrics in that state (merged when VALIDATED, as reported otherwise): this
-    trainkeep's readers put them in place of the round's row's metrics when the status is VALIDATED; a trainkeep
-    older than row kinds takes the row for a repeat of the round, which has the same effect. The rows also
-    restore the validation states of an index rebuilt from the manifests (:func:`restore_validations`).
-    """
-    row: dict[str, Any] = {"round": round_index, "time": time_, "checkpoint": name, "metrics": metrics,
-                           "kind": VALIDATION_KIND, "status": validation["status"]}
-    for key in ("task", "error"):
-        if validation.get(key) is not None:
-            row[key] = validation[key]
-    return (json.dumps(row, separators=(",", ":"), allow_nan=True) + "\n").encode()
-
-
-def restore_validations(index: RunIndex, events: Sequence[dict[str, Any]]) -> bool:
-    """Give the entries of ``index`` that have no validation state the last one the history recorded for them.
-
-    ``events`` are the history's non-round rows in time order (:func:`parse_history_events`). Used when the index
-    was rebuilt from the manifests, which know nothing of validations: without it a validated checkpoint would
-    rank by its reported metrics again, and a pending one would lose its protection. Returns True on a change.
-    """
-    last: dict[tuple[int, str], dict[str, Any]] = {}
-    for event in events:
-        if event.get("kind") == VALIDATION_KIND and event.get("status") in VALIDATION_STATUSES:
-            last[(event["round"], str(event.get("checkpoint")))] = event
-    changed = False
-    for i, entry in enumerate(index.checkpoints):
-        found = last.get((entry.round, entry.name))
-        if entry.validation is not None or found is None:
-            continue
-        event = found
-        state: dict[str, Any] = {"status": event["status"], "task": event.get("task"),
-                                 "metrics": event["metrics"] if event["status"] == VALIDATED else {}}
-        if isinstance(event.get("error"), str):
-            state["error"] = event["error"]
-        if not isinstance(state["task"], dict):
-            state["task"] = None
-        try:
-            index.checkpoints[i] = entry.with_validation(state)
-        except (TypeError, ValueError):  # metrics that cannot be merged: the entry stays as its manifest says
-            continue
-        changed = True
-    return changed
 
 
 def parse_history(raw: bytes, parts: Sequence[bytes] = ()) -> tuple[list[dict[str, Any]], int]:

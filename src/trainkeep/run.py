@@ -35,7 +35,6 @@ from trainkeep.layout import (
 )
 from trainkeep.manifest import (
     CONFIG_CHANGE_KIND,
-    PENDING_VALIDATION,
     IndexEntry,
     Manifest,
     RunIndex,
@@ -44,10 +43,10 @@ from trainkeep.manifest import (
     parse_history_events,
     parse_manifest,
     parse_run_index,
-    restore_validations,
 )
 from trainkeep.retention import Decision, decide, decide_corrupt
 from trainkeep.storage import Storage, iter_files
+from trainkeep.validation_state import PENDING_VALIDATION, restore_validations
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from trainkeep.manifest import (
     Manifest,
     RunIndex,
     encode,
-    merge_validated,
     parse_history,
     parse_run_index,
 )
 from trainkeep.run import verify_checkpoint
 from trainkeep.storage import LocalStorage
+from trainkeep.validation_state import merge_validated
 
 # ---------------------------------------------------------------------------------------------- functions
 
