@@ -26,16 +26,26 @@ _VALIDATION_FIELDS = frozenset({"status", "metrics", "task", "error"})
 def merge_validated(reported: dict[str, Any], validated: dict[str, Any]) -> dict[str, Any]:
     """Return ``reported`` with the metrics of a validation merged in; the validation wins on a clash.
 
-    The comparison is by flattened name, so one metric never ends up with two spellings: a reported key
-    (``{"val": {"acc": 1}}``) whose flattened names meet one of the validation's (``{"val/acc": 2}``) is
-    replaced whole. The result is normalised like a report.
+    A top-level key the validation returns replaces the reported one whole (as ``dict.update`` does in Ray).
+    Beyond that the comparison is by flattened name, so one metric never ends up with two spellings: a reported
+    group (``{"val": {"acc": 1, "n": 5}}``) that holds one of the validation's flattened names
+    (``{"val/acc": 2}``) is kept flattened, without that name (``{"val/n": 5, "val/acc": 2}``). The result is
+    normalised like a report.
 
     Raises:
         InvalidMetricsError when ``validated`` is not made of plain JSON values (see ``normalize_metrics``).
     """
     clean = normalize_metrics(validated)
     names = set(flatten(clean))
-    kept = {k: v for k, v in reported.items() if k not in clean and not names & set(flatten({k: v}))}
+    kept: dict[str, Any] = {}
+    for key, value in reported.items():
+        if key in clean:
+            continue
+        flat = flatten({key: value})
+        if names.isdisjoint(flat):
+            kept[key] = value
+        else:
+            kept.update((name, item) for name, item in flat.items() if name not in names)
     return normalize_metrics({**kept, **clean})
 
 

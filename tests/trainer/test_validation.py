@@ -314,7 +314,8 @@ def test_validation_configs_check_their_fields():
 
 def test_validated_metrics_merge_by_flattened_name():
     merged = merge_validated({"val": {"acc": 1, "n": 2}, "loss": 3}, {"val/acc": 5})
-    assert merged == {"loss": 3, "val/acc": 5}  # one spelling of val/acc, the validation's
+    assert merged == {"val/n": 2, "loss": 3, "val/acc": 5}  # one spelling of val/acc, the validation's
+    assert merge_validated({"val": {"acc": 1}}, {"val": {"f1": 2}}) == {"val": {"f1": 2}}  # as dict.update
     assert merge_validated({"a": 1}, {"b": {"c": 2}}) == {"a": 1, "b": {"c": 2}}
 
 
