@@ -90,7 +90,7 @@ def train_while_validating(config: dict) -> None:
         touch(os.path.join(marks, "release"))
 
 
-def outcome_fn(checkpoint: tk.Checkpoint, how: str = "ok") -> dict:
+def outcome_fn(checkpoint: tk.Checkpoint, how: str = "ok", unused: object = None) -> dict:
     if how == "raise":
         raise RuntimeError("validation blew up")
     if how == "sleep":
@@ -101,7 +101,7 @@ def outcome_fn(checkpoint: tk.Checkpoint, how: str = "ok") -> dict:
 
 
 def train_outcomes(config: dict) -> None:
-    tasks = [tk.ValidationTaskConfig(fn_kwargs={"how": "raise"}),
+    tasks = [tk.ValidationTaskConfig(fn_kwargs={"how": "raise", "unused": lambda: None}),
              tk.ValidationTaskConfig(fn_kwargs={"how": "sleep"}, timeout_s=2),
              tk.ValidationTaskConfig(fn_kwargs={"how": "not a dict"}),
              True]
@@ -209,6 +209,9 @@ def test_failing_and_timed_out_validations_do_not_fail_the_run(make_run, caplog)
     assert "validation blew up" in caplog.text and "VALIDATION_TIMEOUT" in caplog.text
     # the per-report timeout was persisted with its kwargs
     assert entries["checkpoint_000001"]["validation"]["task"] == {"fn_kwargs": {"how": "sleep"}, "timeout_s": 2}
+    # kwargs that are not JSON (a closure reached the validation by cloudpickle) are not persisted, and that is said
+    assert entries["checkpoint_000000"]["validation"]["task"] == {"fn_kwargs": None, "timeout_s": None}
+    assert "are not JSON values" in caplog.text
 
 
 def test_a_validation_pending_when_the_run_stops_runs_when_it_resumes(make_run, tmp_path):

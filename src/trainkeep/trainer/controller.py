@@ -129,8 +129,11 @@ class Controller:
             rnd.add(arrival)
         except InconsistentReportError as exc:
             self._fail(exc, False, rank)
-        if msg.has_checkpoint and msg.validation is not False:
-            self._requested.setdefault(k, msg.validation)
+        if msg.has_checkpoint and msg.validation is not False and k not in self._requested:
+            try:  # a ValidationTaskConfig travels cloudpickled (its fn_kwargs may hold closures)
+                self._requested[k] = pickle.loads(msg.validation) if isinstance(msg.validation, bytes) else True
+            except Exception as exc:
+                self._fail(exc, False, rank)
         if msg.has_checkpoint and msg.custom_upload:
             self._custom_uploads.add(k)
         if msg.has_checkpoint and msg.files is not None:

@@ -61,7 +61,7 @@ class Announce(NamedTuple):
     files: list[str] | None  # None for NO_UPLOAD (the files already lie in the run directory)
     dir_name: str | None
     mode: str
-    validation: Any = False  # report(validation=...): False, True or a ValidationTaskConfig
+    validation: Any = False  # report(validation=...): False, True or a ValidationTaskConfig pickled by cloudpickle
     custom_upload: bool = False  # a checkpoint_upload_fn uploaded the files: the driver reads them back
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import cloudpickle
+
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig, CheckpointUploadMode, ValidationTaskConfig
 from trainkeep.errors import ConfigError, ConfigTypeError, SessionError
@@ -174,6 +176,12 @@ class Session:
                      delete_local: bool | None) -> _Plan:
         """Add ``report()``'s validation request and custom uploader to ``plan`` (checked first)."""
         plan.validation = check_requested(validation, checkpoint is not None, self.spec.validation)
+        if isinstance(plan.validation, ValidationTaskConfig):  # its fn_kwargs may hold closures: cloudpickle
+            try:
+                plan.validation = cloudpickle.dumps(plan.validation)
+            except Exception as exc:
+                raise ConfigTypeError(f"the fn_kwargs of report(validation=...) must be picklable with cloudpickle "
+                                      f"to reach the validation: {type(exc).__name__}: {exc}") from exc
         if upload_fn is None:
             return plan
         if not callable(upload_fn):

@@ -229,9 +229,13 @@ class ValidationRunner:
 
         Returns None when the runner was stopped meanwhile (the validation stays pending).
         """
+        try:  # cloudpickle: the kwargs may hold closures, as the function may
+            job = cloudpickle.dumps((path, self.manager.storage.fs, kwargs))
+        except Exception as exc:
+            return ValidationStatus.VALIDATION_FAILED, {}, f"its fn_kwargs cannot be pickled: {type(exc).__name__}: {exc}"
         with tempfile.TemporaryDirectory(prefix="trainkeep-validation-") as tmp:
             result_path = os.path.join(tmp, "result.json")
-            payload = pickle.dumps((list(sys.path), self._fn, path, self.manager.storage.fs, kwargs))
+            payload = pickle.dumps((list(sys.path), self._fn, job))
             with self._cond:
                 if self._stopping:
                     return None
@@ -312,10 +316,11 @@ def run_child(result_path: str, driver_pid: int) -> None:
     ``fit()`` of the run validates the checkpoint again.
     """
     threading.Thread(target=_exit_with_driver, args=(driver_pid,), daemon=True).start()
-    sys_path, fn_bytes, path, filesystem, kwargs = pickle.loads(sys.stdin.buffer.read())
+    sys_path, fn_bytes, job = pickle.loads(sys.stdin.buffer.read())
     sys.path[:] = sys_path
     try:
         fn = cloudpickle.loads(fn_bytes)
+        path, filesystem, kwargs = cloudpickle.loads(job)
         metrics = fn(Checkpoint(path, filesystem), **kwargs)
         if not isinstance(metrics, dict):
             raise ValueError(f"the validation function must return a dict of metrics, got "
