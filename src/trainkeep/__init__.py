@@ -16,6 +16,8 @@ from trainkeep.config import (
     FailureConfig,
     RunConfig,
     ScalingConfig,
+    ValidationConfig,
+    ValidationTaskConfig,
 )
 from trainkeep.errors import (
     CheckpointExistsError,
@@ -96,6 +98,8 @@ __all__ = [
     "get_all_reported_checkpoints",
     "init",
     "shutdown",
+    "ValidationConfig",
+    "ValidationTaskConfig",
 ]
 
 

@@ -308,3 +308,73 @@ class RunConfig:
 
     def __repr__(self) -> str:
         return _short_repr(self)
+
+
+@dataclass
+class ValidationTaskConfig:
+    """How one validation runs: keyword arguments for the validation function, and its time limit.
+
+    Given to :class:`ValidationConfig` as the defaults, or to ``report(..., validation=...)`` for one checkpoint
+    (its ``fn_kwargs`` are merged over the defaults; its ``timeout_s``, when set, replaces the default).
+
+    Args:
+        fn_kwargs: keyword arguments passed to the validation function after the checkpoint.
+        timeout_s: seconds the validation may run before it is stopped (status ``VALIDATION_TIMEOUT``);
+            None: no limit.
+
+    Raises:
+        ConfigTypeError (a TypeError) when ``fn_kwargs`` is not a dict with string keys; ConfigError (a
+        ValueError) when ``timeout_s`` is not None or a number > 0.
+    """
+
+    fn_kwargs: dict[str, Any] | None = None
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fn_kwargs is not None and (
+            not isinstance(self.fn_kwargs, dict) or not all(isinstance(k, str) for k in self.fn_kwargs)
+        ):
+            raise ConfigTypeError(
+                f"fn_kwargs must be None or a dict with string keys, got {_describe(self.fn_kwargs)}"
+            )
+        if self.timeout_s is not None and not (
+            isinstance(self.timeout_s, (int, float)) and not isinstance(self.timeout_s, bool)
+            and math.isfinite(self.timeout_s) and self.timeout_s > 0
+        ):
+            raise ConfigError(f"timeout_s must be None or a number > 0, got {self.timeout_s!r}")
+
+
+@dataclass
+class ValidationConfig:
+    """Asynchronous validation of reported checkpoints (``DataParallelTrainer(validation_config=...)``).
+
+    ``fn(checkpoint, **fn_kwargs)`` runs in a process of its own, one validation at a time, while training goes
+    on, for every checkpoint reported with ``report(..., validation=True)`` (or a ValidationTaskConfig). It
+    returns a dict of metrics, which are merged into that checkpoint's metrics (and can change its rank).
+
+    Args:
+        fn: the validation function; it is shipped to its process with cloudpickle.
+        task_config: the default ValidationTaskConfig (default: no kwargs, no time limit).
+        ray_remote_kwargs: accepted for Ray Train compatibility (resources of Ray's validation task); the local
+            executor runs the validation as a plain process and ignores it.
+
+    Raises:
+        ConfigTypeError (a TypeError) for a ``fn`` that is not callable, a ``task_config`` that is not a
+        ValidationTaskConfig, or ``ray_remote_kwargs`` that is not None or a dict.
+    """
+
+    fn: Any
+    task_config: ValidationTaskConfig | None = None
+    ray_remote_kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise ConfigTypeError(f"fn must be a function taking a checkpoint, got {_describe(self.fn)}")
+        if self.task_config is None:
+            self.task_config = ValidationTaskConfig()
+        elif not isinstance(self.task_config, ValidationTaskConfig):
+            raise ConfigTypeError(
+                f"task_config must be None or a trainkeep.ValidationTaskConfig, got {_describe(self.task_config)}"
+            )
+        if self.ray_remote_kwargs is not None and not isinstance(self.ray_remote_kwargs, dict):
+            raise ConfigTypeError(f"ray_remote_kwargs must be None or a dict, got {_describe(self.ray_remote_kwargs)}")

@@ -81,6 +81,15 @@ class HistoryWriter:
         self._next = max(self._next, round_index + 1)
         self._write(self._unwritten + line, durable)
 
+    def append_event(self, line: bytes) -> None:
+        """Append a history row of another kind (a validation state) durably, after any rows still owed.
+
+        Through the writer, so that the mark the index records keeps counting every byte of the history.
+
+        Raises StorageError when the append fails.
+        """
+        self._write(self._unwritten + line, True)
+
     def flush(self) -> None:
         """Make every row appended so far durable (with the rows a failed append owes, first).
 
@@ -201,7 +210,7 @@ def read_history_frame(storage: Storage, run_path: str) -> Any:
 
     Returns None whenever the fast path could differ from reading row by row (then the caller does that): no
     pyarrow, a history kept in parts, a line that does not parse (it ends the history), a round out of order or
-    twice, a metric that is not a number or a whole column of strings or booleans, an empty dict, or a
+    twice, a validation row (its metrics replace its round's), a metric that is not a number or a whole column of strings or booleans, an empty dict, or a
     flattened name that two metrics share or that clashes with ``round``/``time``/``checkpoint_dir_name``.
 
     Raises:
@@ -237,6 +246,8 @@ def _frame_of(pa: Any, table: Any) -> Any:
     import pyarrow.compute as pc
 
     if "kind" in table.column_names:
+        if pc.any(pc.equal(table["kind"], "validation")).as_py():
+            return None  # a validation's metrics replace its round's, as manifest.parse_history does
         table = table.filter(pc.is_null(table["kind"]))
     if table.num_rows == 0 or "metrics" not in table.column_names or table["metrics"].null_count:
         return None

@@ -16,6 +16,13 @@ from typing import Any, TypeGuard
 from trainkeep import __version__
 from trainkeep.errors import CorruptRunError, IncompatibleRunError, InvalidCheckpointNameError
 from trainkeep.layout import validate_checkpoint_name, validate_relative_path
+from trainkeep.validation_state import (
+    VALIDATED,
+    VALIDATION_KIND,
+    merge_validated,
+    merged_metrics,
+    parse_validation,
+)
 
 MANIFEST_SCHEMA = "trainkeep.manifest"
 RUN_INDEX_SCHEMA = "trainkeep.run"
@@ -23,13 +30,17 @@ SCHEMA_VERSION = 1
 # The run index's version 2 adds the optional per-entry field "corrupt". An index is written as version 2 only
 # while an entry carries that mark, so older trainkeep versions (which read version 1 and would drop the mark,
 # then let retention delete the checkpoint) refuse such a run instead; every other run stays version 1.
-RUN_INDEX_VERSION = 2
+# Version 3 adds the optional per-entry field "validation", on the same terms: a trainkeep that reads up to
+# version 2 would rebuild the index without it, rank validated checkpoints by their reported metrics again and
+# delete pending ones, so an index is version 3 only while an entry carries a validation state.
+CORRUPT_MARK_VERSION = 2
+RUN_INDEX_VERSION = 3
 CHECKSUM_ALGORITHM = "xxh3_128"
 RUN_STATUSES = ("running", "finished", "failed")
 CONFIG_CHANGE_KIND = "config_change"  # the "kind" of a history row that records a change of CheckpointConfig
 _INDEX_FIELDS = frozenset({"schema", "version", "trainkeep_version", "status", "created", "updated", "next_round",
                            "checkpoint_config", "checkpoints", "retiring", "history_mark"})
-_ENTRY_FIELDS = frozenset({"name", "round", "time", "size", "metrics", "corrupt"})
+_ENTRY_FIELDS = frozenset({"name", "round", "time", "size", "metrics", "corrupt", "validation"})
 _MARK_FIELDS = frozenset({"bytes", "round"})
 
 
@@ -76,7 +87,14 @@ class Manifest:
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """A committed checkpoint as listed in the run index; ``corrupt`` is why it failed verification, if it did."""
+    """A committed checkpoint as listed in the run index; ``corrupt`` is why it failed verification, if it did.
+
+    ``validation`` is its asynchronous validation, when one was requested: ``{"status": one of
+    VALIDATION_STATUSES, "metrics": what the validation returned, "task": the report's ValidationTaskConfig as
+    JSON (or None), "error": why it failed (optional)}``. ``metrics`` are the round's reported metrics with a
+    successful validation's metrics merged in (``validation_state.merge_validated``): what ranking and readers
+    see.
+    """
 
     name: str
     round: int
@@ -84,23 +102,41 @@ class IndexEntry:
     size: int
     metrics: dict[str, Any]
     corrupt: str | None = None
+    validation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         document = {"name": self.name, "round": self.round, "time": self.time, "size": self.size,
                     "metrics": self.metrics}
         if self.corrupt is not None:
             document["corrupt"] = self.corrupt
+        if self.validation is not None:
+            document["validation"] = self.validation
         return document
 
     def agrees_with(self, manifest: Manifest) -> bool:
         """Return True when this entry says what ``manifest`` says (name, round, time, size, metrics)."""
         return (self.name, self.round, self.time, self.size) == (manifest.name, manifest.round, manifest.time,
-                                                                 manifest.size) and _same_json(self.metrics,
-                                                                                               manifest.metrics)
+                                                                 manifest.size) and _same_json(
+            self.metrics, merged_metrics(manifest.metrics, self.validation))
+
+    def with_validation(self, validation: dict[str, Any]) -> IndexEntry:
+        """Return this entry in the validation state ``validation``, its metrics merged when VALIDATED.
+
+        Called on an entry that was not validated yet (its metrics are the reported ones).
+
+        Raises:
+            InvalidMetricsError when the validation's metrics are not plain JSON values.
+        """
+        metrics = self.metrics
+        if validation.get("status") == VALIDATED:
+            metrics = merge_validated(self.metrics, validation.get("metrics") or {})
+        return IndexEntry(self.name, self.round, self.time, self.size, metrics, self.corrupt, validation)
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> IndexEntry:
-        return cls(manifest.name, manifest.round, manifest.time, manifest.size, manifest.metrics)
+    def from_manifest(cls, manifest: Manifest, corrupt: str | None = None,
+                      validation: dict[str, Any] | None = None) -> IndexEntry:
+        return cls(manifest.name, manifest.round, manifest.time, manifest.size,
+                   merged_metrics(manifest.metrics, validation), corrupt, validation)
 
 
 @dataclass(frozen=True)
@@ -133,9 +169,10 @@ class RunIndex:
 
     def to_dict(self) -> dict[str, Any]:
         marked = any(c.corrupt is not None for c in self.checkpoints)
+        validated = any(c.validation is not None for c in self.checkpoints)
         document = {
             "schema": RUN_INDEX_SCHEMA,
-            "version": RUN_INDEX_VERSION if marked else SCHEMA_VERSION,
+            "version": RUN_INDEX_VERSION if validated else CORRUPT_MARK_VERSION if marked else SCHEMA_VERSION,
             "trainkeep_version": self.writer_version,
             "status": self.status,
             "created": self.created,
@@ -299,6 +336,7 @@ def _index_entry(i: int, item: Any, path: str) -> IndexEntry:
         _field(item, "size", lambda v: _is_int(v) and v >= 0, "an integer >= 0", path),
         _field(item, "metrics", lambda v: isinstance(v, dict), "an object", path),
         corrupt,
+        parse_validation(f"checkpoints[{i}]", item.get("validation"), path),
     )
 
 
@@ -345,12 +383,19 @@ def parse_history(raw: bytes, parts: Sequence[bytes] = ()) -> tuple[list[dict[st
     A torn last line (a crash while appending) ends the valid prefix; rows are sorted by round, and a round
     that appears twice keeps its last occurrence (``raw`` first, then ``parts`` in log order). Each part is a
     whole object written at once (object stores); a line that does not parse ends that part. Rows of another
-    kind (config changes, see :func:`parse_history_events`) are valid lines but not rounds: they are left out.
+    kind (config changes, see :func:`parse_history_events`) are valid lines but not rounds: they are left out,
+    except that a successful validation's metrics replace those of its round's row (same round and checkpoint).
     """
     rows: dict[int, dict[str, Any]] = {}
-    valid = _parse_history_lines(raw, rows, [])
+    events: list[dict[str, Any]] = []
+    valid = _parse_history_lines(raw, rows, events)
     for part in parts:
-        _parse_history_lines(part, rows, [])
+        _parse_history_lines(part, rows, events)
+    for event in events:
+        row = rows.get(event["round"])
+        if (event.get("kind") == VALIDATION_KIND and event.get("status") == VALIDATED and row is not None
+                and row.get("checkpoint") == event.get("checkpoint")):
+            rows[event["round"]] = {**row, "metrics": event["metrics"]}
     return sorted(rows.values(), key=lambda r: r["round"]), valid
 
 

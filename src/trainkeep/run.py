@@ -5,6 +5,7 @@ The manager builds on these to resume a run; ``Result.from_path`` and the CLI us
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -47,6 +48,7 @@ from trainkeep.manifest import (
 )
 from trainkeep.retention import Decision, decide, decide_corrupt
 from trainkeep.storage import Storage, iter_files
+from trainkeep.validation_state import PENDING_VALIDATION, restore_validations
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,9 @@ def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfi
     changed = _reconcile(storage, run_path, index, problems) or rebuilt
     changed = apply_marks(index, read_marks(storage, run_path)) or changed
     scan = scan_history(storage, run_path, None if rebuilt else index.history_mark)
+    if rebuilt:  # the manifests know nothing of validations; their history rows do
+        raw_history, history_parts = storage.read_log(storage.join(run_path, HISTORY_NAME))
+        changed = restore_validations(index, parse_history_events(raw_history, history_parts)) or changed
     return RunState(run_path, index, scan, problems, rebuilt, changed, storage)
 
 
@@ -233,8 +238,7 @@ def _check_entry(
     except CorruptRunError as exc:
         reason = f"manifest: {exc.reason}"
         problems.append(f"checkpoint {entry.name} has a damaged manifest ({reason})")
-        return entry if entry.corrupt is not None else IndexEntry(entry.name, entry.round, entry.time, entry.size,
-                                                                   entry.metrics, reason)
+        return entry if entry.corrupt is not None else dataclasses.replace(entry, corrupt=reason)
     except (IncompatibleRunError, OSError) as exc:  # newer, or unreadable now: keep it as it is, verify reports it
         problems.append(f"checkpoint {entry.name}: its manifest cannot be read ({exc})")
         logger.warning("cannot read the manifest of checkpoint %s of run %s (%s)", entry.name, run_path, exc)
@@ -244,7 +248,7 @@ def _check_entry(
     problems.append(f"checkpoint {entry.name}: its run index entry disagrees with its manifest; rebuilt")
     logger.warning("the run index entry of checkpoint %s of run %s disagrees with its manifest; rebuilding the "
                    "entry from the manifest", entry.name, run_path)
-    return IndexEntry(manifest.name, manifest.round, manifest.time, manifest.size, manifest.metrics, entry.corrupt)
+    return IndexEntry.from_manifest(manifest, entry.corrupt, entry.validation)
 
 
 UNREADABLE = "unreadable"  # the kind of a Problem that is a read error, not damage
@@ -373,6 +377,9 @@ def decide_retention(
     """
     if corrupt_only:
         return decide_corrupt(records_of(index))
+    # a checkpoint whose validation is pending is kept, like one a live worker started from
+    protected = {*protected, *(c.name for c in index.checkpoints
+                               if c.validation is not None and c.validation.get("status") == PENDING_VALIDATION)}
     decision = decide(records_of(index), config, protected)
     if decision.delete and apply_marks(index, read_marks(storage, run_path, [r.name for r in decision.delete])):
         decision = decide(records_of(index), config, protected)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainkeep.config import RunConfig, ScalingConfig
+from trainkeep.config import RunConfig, ScalingConfig, ValidationConfig
 from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.result import Result
 from trainkeep.trainer.data_parallel import DataParallelTrainer
@@ -122,13 +122,15 @@ class TorchTrainer(DataParallelTrainer):
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  torch_config: TorchConfig | None = None, scaling_config: ScalingConfig | None = None,
-                 run_config: RunConfig | None = None, executor: str | None = None) -> None:
+                 run_config: RunConfig | None = None, executor: str | None = None,
+                 validation_config: ValidationConfig | None = None) -> None:
         if importlib.util.find_spec("torch") is None:
             raise ImportError(_INSTALL_HINT)
         if torch_config is not None and not isinstance(torch_config, TorchConfig):
             raise ConfigTypeError(f"torch_config must be a trainkeep.torch.TorchConfig, got {torch_config!r}")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
-                         scaling_config=scaling_config, run_config=run_config, executor=executor)
+                         scaling_config=scaling_config, run_config=run_config, executor=executor,
+                         validation_config=validation_config)
         self._setup = _TorchSetup(torch_config or TorchConfig(), self.scaling_config.use_gpu)
 
     def fit(self) -> Result:

@@ -31,6 +31,7 @@ from trainkeep.trainer.group import Event, Exited, WorkerGroup
 from trainkeep.trainer.interrupt import deferred_sigint
 from trainkeep.trainer.rendezvous import CollectiveMismatchError, Rendezvous
 from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round
+from trainkeep.trainer.validation import ValidationRunner
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class Controller:
     """
 
     def __init__(self, manager: CheckpointManager, group: WorkerGroup, world_size: int, timeout_s: float,
-                 start: str | None, callbacks: CallbackRunner | None = None) -> None:
+                 start: str | None, callbacks: CallbackRunner | None = None,
+                 validations: ValidationRunner | None = None) -> None:
         self.manager, self.group, self.world_size, self.timeout_s = manager, group, world_size, timeout_s
         self._base = manager.next_round
         self._rounds: dict[int, Round] = {}
@@ -63,6 +65,9 @@ class Controller:
         self._callbacks = callbacks or CallbackRunner([], None)
         self._rendezvous = Rendezvous(world_size)  # trainkeep.collective calls
         self._listings: list[reported.Waiter] = []  # get_all_reported_checkpoints() calls waiting for rounds
+        self._validations = validations
+        self._requested: dict[int, Any] = {}  # round k -> report(validation=...) of its first checkpointing rank
+        self._custom_uploads: set[int] = set()  # rounds whose files a checkpoint_upload_fn uploaded
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -140,6 +145,13 @@ class Controller:
             rnd.add(arrival)
         except InconsistentReportError as exc:
             self._fail(exc, False, rank)
+        if msg.has_checkpoint and msg.validation is not False and k not in self._requested:
+            try:  # a ValidationTaskConfig travels cloudpickled (its fn_kwargs may hold closures)
+                self._requested[k] = pickle.loads(msg.validation) if isinstance(msg.validation, bytes) else True
+            except Exception as exc:
+                self._fail(exc, False, rank)
+        if msg.has_checkpoint and msg.custom_upload:
+            self._custom_uploads.add(k)
         if msg.has_checkpoint and msg.files is not None:
             rnd.uploads.add(rank)
             rnd.deferred.append(rank)
@@ -210,8 +222,11 @@ class Controller:
                 self.manager.record(metrics)
             else:
                 assert rnd.staged is not None  # a complete round with a name was staged, or the attempt failed
-                entries = rnd.entries + (self._scan_in_place(rnd) if rnd.no_upload else [])
+                entries = self._entries(rnd)
                 self._latest = rnd.staged.commit(metrics, entries).path
+                requested = self._requested.pop(rnd.k, False)
+                if requested is not False and self._validations is not None:
+                    self._validations.request(rnd.name, requested)
         except Exception as exc:  # a storage error: the round fails whole, and the attempt with it
             self._fail(exc, True)
         for arrival in rnd.arrivals.values():
@@ -220,11 +235,21 @@ class Controller:
         checkpoint = Checkpoint(self._latest, self.manager.storage.fs) if rnd.name and self._latest else None
         self._callbacks.after_report(rnd.index, self.world_size, checkpoint)  # after the ranks are released
 
-    def _scan_in_place(self, rnd: Round) -> list[FileEntry]:
-        """Checksum the files a NO_UPLOAD rank left in the staged directory (those nobody uploaded)."""
+    def _entries(self, rnd: Round) -> list[FileEntry]:
+        """Return the manifest's files: the uploads' entries, plus what lies in place (read back from storage).
+
+        A checkpoint_upload_fn may write any files (and over another rank's): its round is read back whole.
+        """
+        if rnd.k in self._custom_uploads:
+            self._custom_uploads.discard(rnd.k)
+            return self._scan_in_place(rnd, [])
+        return rnd.entries + (self._scan_in_place(rnd, rnd.entries) if rnd.no_upload else [])
+
+    def _scan_in_place(self, rnd: Round, known: list[FileEntry]) -> list[FileEntry]:
+        """Checksum the files in the staged directory that ``known`` does not list (those nobody uploaded)."""
         assert rnd.staged is not None
         storage, root = self.manager.storage, rnd.staged.path
-        uploaded = {e.path for e in rnd.entries}
+        uploaded = {e.path for e in known}
         entries = []
         for rel in iter_files(storage, root):
             if rel in uploaded or is_reserved_file(rel) or rel == MANIFEST_NAME:

@@ -19,7 +19,13 @@ from typing import Any
 import cloudpickle
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.config import DEFAULT_STORAGE_PATH, RunConfig, ScalingConfig, default_run_name
+from trainkeep.config import (
+    DEFAULT_STORAGE_PATH,
+    RunConfig,
+    ScalingConfig,
+    ValidationConfig,
+    default_run_name,
+)
 from trainkeep.errors import ConfigError, ConfigTypeError
 from trainkeep.manager import CheckpointManager
 from trainkeep.result import Result
@@ -32,6 +38,7 @@ from trainkeep.trainer.controller import Controller
 from trainkeep.trainer.failures import AttemptFailed
 from trainkeep.trainer.group import WorkerGroup
 from trainkeep.trainer.setup import WorkerSetup
+from trainkeep.trainer.validation import ValidationRunner, pickled_fn
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ class DataParallelTrainer:
         executor: "local" (worker processes on this machine) or "ray" (Ray actors placed on the cluster this
             driver is connected to, see docs/clusters.md); None picks "ray" when ``ray.is_initialized()`` here,
             else "local", unless the environment variable ``TRAINKEEP_EXECUTOR`` names one.
+        validation_config: how checkpoints reported with ``report(..., validation=True)`` are validated, in a
+            process of their own while training goes on (see :mod:`trainkeep.trainer.validation`).
 
     Raises:
         ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments (an unknown executor, "ray"
@@ -81,7 +90,7 @@ class DataParallelTrainer:
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
-                 executor: str | None = None) -> None:
+                 executor: str | None = None, validation_config: ValidationConfig | None = None) -> None:
         if not callable(train_loop_per_worker):
             raise ConfigTypeError(f"train_loop_per_worker must be a function, got {train_loop_per_worker!r}")
         if train_loop_config is not None and not isinstance(train_loop_config, dict):
@@ -90,6 +99,10 @@ class DataParallelTrainer:
             raise ConfigTypeError(f"scaling_config must be a trainkeep.ScalingConfig, got {scaling_config!r}")
         if run_config is not None and not isinstance(run_config, RunConfig):
             raise ConfigTypeError(f"run_config must be a trainkeep.RunConfig, got {run_config!r}")
+        if validation_config is not None and not isinstance(validation_config, ValidationConfig):
+            raise ConfigTypeError(f"validation_config must be None or a trainkeep.ValidationConfig, got "
+                                  f"{validation_config!r}")
+        self.validation_config = validation_config
         self.train_loop_per_worker = train_loop_per_worker
         self.train_loop_config = train_loop_config
         self.scaling_config = scaling_config or ScalingConfig()
@@ -144,16 +157,19 @@ class DataParallelTrainer:
                 from trainkeep.trainer.backends import ray as ray_backend
 
                 ray_backend.preflight(self.scaling_config)
+            if self.validation_config is not None:
+                pickled_fn(self.validation_config)  # an unpicklable function fails here, before any write
             # 2. Open the run: resume it if it exists, take its lock.
             with _without_manager_resume_line():
                 manager = CheckpointManager(run_url, self.run_config.checkpoint_config,
                                             self.run_config.storage_filesystem, storage=self._driver_storage(run_url))
         except KeyboardInterrupt:
             raise interrupt.interrupted(interrupt.summary(None)) from None
-        # 3. Run attempts until one succeeds, the input is bad, or no retries are left.
+        # 3. Run attempts until one succeeds, the input is bad, or no retries are left; then let the pending
+        #    validations end (a validation cut short stays pending in the run index, for the next fit()).
         self._callbacks = self._callback_runner(manager)
         try:
-            value = self._run_attempts(manager, spec)
+            value = self._run_with_validations(manager, spec)
             result = _result(manager, value)
         except KeyboardInterrupt:  # Ctrl-C: the workers are gone, unfinished rounds swept; say what is committed
             with interrupt.sigint_ignored():
@@ -198,6 +214,7 @@ class DataParallelTrainer:
             self.train_loop_per_worker, self.train_loop_config, self._takes_config, self.scaling_config.num_workers,
             self._name, storage_path, run_path, storage.fs, self.run_config.checkpoint_config, self._setup,
             self.scaling_config.use_gpu, self._storage_wrapper, sources.code_files(self.train_loop_per_worker),
+            validation=self.validation_config is not None,
         )
         try:
             return cloudpickle.dumps(spec)
@@ -207,7 +224,24 @@ class DataParallelTrainer:
                 f"worker processes: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _run_attempts(self, manager: CheckpointManager, spec: bytes) -> Any:
+    def _run_with_validations(self, manager: CheckpointManager, spec: bytes) -> Any:
+        if self.validation_config is None:
+            pending = [n for n, v in manager.validations().items() if v["status"] == "PENDING_VALIDATION"]
+            if pending:
+                logger.warning("run %s has checkpoints whose validation is pending (%s), but this trainer has no "
+                               "validation_config: they stay pending (and are kept)", manager.path,
+                               ", ".join(pending))
+            return self._run_attempts(manager, spec, None)
+        runner = ValidationRunner(manager, self.validation_config)
+        runner.start()
+        try:
+            value = self._run_attempts(manager, spec, runner)
+            runner.drain()
+            return value
+        finally:
+            runner.stop()
+
+    def _run_attempts(self, manager: CheckpointManager, spec: bytes, runner: ValidationRunner | None) -> Any:
         """Start the worker group from the latest checkpoint until an attempt succeeds; return rank 0's value."""
         failure_config = self.run_config.failure_config
         assert failure_config is not None
@@ -219,7 +253,7 @@ class DataParallelTrainer:
                             f"checkpoint {start.path}" if start else "no checkpoint", manager.next_round)
             manager.protected = {_name_of(start)} if start else set()
             try:
-                return self._attempt(manager, spec, start, failures)
+                return self._attempt(manager, spec, start, failures, runner)
             except AttemptFailed as failed:
                 if not failed.retryable or (max_failures != -1 and failures >= max_failures):
                     raise failed.to_training_error(failures + 1, max_failures) from failed.error
@@ -229,7 +263,8 @@ class DataParallelTrainer:
             finally:
                 manager.protected = set()
 
-    def _attempt(self, manager: CheckpointManager, spec: bytes, start: Checkpoint | None, attempt: int) -> Any:
+    def _attempt(self, manager: CheckpointManager, spec: bytes, start: Checkpoint | None, attempt: int,
+                 runner: ValidationRunner | None = None) -> Any:
         """Run one worker group to its end; on any exit, kill what is left, then sweep unfinished rounds."""
         world_size = self.scaling_config.num_workers
         timeout = self.run_config.report_timeout_s or DEFAULT_REPORT_TIMEOUT_S
@@ -240,7 +275,7 @@ class DataParallelTrainer:
             group.kill()
             raise
         controller = Controller(manager, group, world_size, timeout, start.path if start else None,
-                                self._callbacks)
+                                callbacks=self._callbacks, validations=runner)
         try:
             for rank in range(world_size):
                 placement = layout.placements[rank] if self.executor == "ray" else None

@@ -55,6 +55,7 @@ class WorkerSpec:
     use_gpu: bool = False
     storage_wrapper: StorageWrapper | None = None  # fault injection in tests: see trainkeep.testing.injection
     code_files: dict[tuple[str, int], str] = field(default_factory=dict)  # see trainer/sources.py
+    validation: bool = False  # the trainer has a validation_config (report(validation=...) is allowed)
 
 # ---------------------------------------------------------------------------------------------- to the driver
 
@@ -68,6 +69,8 @@ class Announce(NamedTuple):
     files: list[str] | None  # None for NO_UPLOAD (the files already lie in the run directory)
     dir_name: str | None
     mode: str
+    validation: Any = False  # report(validation=...): False, True or a ValidationTaskConfig pickled by cloudpickle
+    custom_upload: bool = False  # a checkpoint_upload_fn uploaded the files: the driver reads them back
 
 
 class Uploaded(NamedTuple):

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import cloudpickle
 
 from trainkeep.checkpoint import Checkpoint
-from trainkeep.config import CheckpointConfig, CheckpointUploadMode
+from trainkeep.config import CheckpointConfig, CheckpointUploadMode, ValidationTaskConfig
 from trainkeep.errors import ConfigError, ConfigTypeError, SessionError
 from trainkeep.layout import MANIFEST_NAME, validate_checkpoint_name
 from trainkeep.manifest import FileEntry
@@ -30,6 +30,7 @@ from trainkeep.trainer import protocol as p
 from trainkeep.trainer import reported
 from trainkeep.trainer.failures import pack_exception
 from trainkeep.trainer.uploader import AsyncUploader
+from trainkeep.trainer.validation import check_requested
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class _Plan:
     src: str | None = None
     files: list[str] | None = None
     delete_src: bool = False
+    validation: Any = False
+    checkpoint: Checkpoint | None = None
+    upload_fn: Callable[[Checkpoint, str], Checkpoint] | None = None
 
 
 class Session:
@@ -120,7 +124,7 @@ class Session:
     # ------------------------------------------------------------------------------------------ report
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None, checkpoint_dir_name: str | None,
-               mode: Any, delete_local: bool | None) -> None:
+               mode: Any, delete_local: bool | None, upload_fn: Any = None, validation: Any = False) -> None:
         """Report this rank's part of the next round (see :func:`trainkeep.report`)."""
         # 1. A failed background upload fails this report.
         if self._uploader is not None:
@@ -128,14 +132,15 @@ class Session:
         # 2. Validate everything before anything is sent or written.
         try:
             plan = self._plan(metrics, checkpoint, checkpoint_dir_name, mode, delete_local)
+            plan = self._plan_extras(plan, checkpoint, upload_fn, validation, delete_local)
         except Exception as exc:
             self.bad_input = exc
             raise
         # 3. Announce the round; a rank with files learns where they go, and copies them (or hands them over).
         k = self._reports
         self._reports += 1
-        self._send(p.Announce(plan.metrics, plan.has_checkpoint, plan.files,
-                              plan.dir_name, plan.mode.value))
+        self._send(p.Announce(plan.metrics, plan.has_checkpoint, plan.files, plan.dir_name, plan.mode.value,
+                              plan.validation, plan.upload_fn is not None))
         if plan.files is not None:
             dest = self._recv(p.Dest)
             if plan.mode is CheckpointUploadMode.ASYNC:
@@ -167,6 +172,68 @@ class Session:
             return _Plan(clean, mode, True, dir_name, src, list_source_files(src), True)
         files = list_source_files(checkpoint.path)
         return _Plan(clean, mode, True, dir_name, checkpoint.path, files, delete and self._deletable(checkpoint.path))
+
+    def _plan_extras(self, plan: _Plan, checkpoint: Checkpoint | None, upload_fn: Any, validation: Any,
+                     delete_local: bool | None) -> _Plan:
+        """Add ``report()``'s validation request and custom uploader to ``plan`` (checked first)."""
+        plan.validation = check_requested(validation, checkpoint is not None, self.spec.validation)
+        if isinstance(plan.validation, ValidationTaskConfig):  # its fn_kwargs may hold closures: cloudpickle
+            try:
+                plan.validation = cloudpickle.dumps(plan.validation)
+            except Exception as exc:
+                raise ConfigTypeError(f"the fn_kwargs of report(validation=...) must be picklable with cloudpickle "
+                                      f"to reach the validation: {type(exc).__name__}: {exc}") from exc
+        if upload_fn is None:
+            return plan
+        if not callable(upload_fn):
+            raise ConfigTypeError(f"checkpoint_upload_fn must be None or a function (checkpoint, checkpoint_dir_name)"
+                                  f" -> Checkpoint, got {upload_fn!r}")
+        if plan.mode is CheckpointUploadMode.NO_UPLOAD:
+            raise ConfigError("checkpoint_upload_fn uploads a checkpoint, but checkpoint_upload_mode=NO_UPLOAD "
+                              "uploads nothing; pass SYNC or ASYNC with it")
+        if checkpoint is None:
+            return plan
+        # the function uploads; this rank announces no file of its own (it claims no path from another rank)
+        delete = delete_local if delete_local is not None else plan.mode is CheckpointUploadMode.ASYNC
+        delete = delete and checkpoint.is_local and self._deletable(checkpoint.path)
+        if plan.src is not None and plan.src != checkpoint.path:  # a remote source was downloaded: not needed
+            shutil.rmtree(plan.src, ignore_errors=True)
+        return _Plan(plan.metrics, plan.mode, True, plan.dir_name, checkpoint.path, [], delete, plan.validation,
+                     checkpoint, upload_fn)
+
+    def _custom_upload(self, plan: _Plan, dest: p.Dest) -> None:
+        """Upload with the user's ``checkpoint_upload_fn`` into the staged directory (the driver reads it back).
+
+        Raises:
+            ConfigError (a ValueError, as in Ray) when the function returns something other than a Checkpoint of
+            the directory it was given.
+        """
+        assert plan.upload_fn is not None and plan.checkpoint is not None
+        name = dest.path.rstrip("/").rpartition("/")[2]
+        uploaded = plan.upload_fn(plan.checkpoint, name)
+        if not isinstance(uploaded, Checkpoint):
+            self.bad_input = ConfigError(f"checkpoint_upload_fn must return a trainkeep.Checkpoint, got "
+                                         f"{type(uploaded).__name__}: {uploaded!r}")
+            raise self.bad_input
+        if not self._is_path(uploaded, dest.path):
+            self.bad_input = ConfigError(
+                f"checkpoint_upload_fn must upload into the checkpoint directory of the run it is given, "
+                f"{dest.path} (get_context().get_storage().build_checkpoint_path_from_name({name!r})), and return "
+                f"a Checkpoint of it; it returned {uploaded!r}")
+            raise self.bad_input
+        if plan.delete_src and plan.src is not None:
+            try:
+                shutil.rmtree(plan.src)
+            except OSError as exc:
+                logger.warning("could not delete the local checkpoint %s after its upload: %s", plan.src, exc)
+
+    def _is_path(self, checkpoint: Checkpoint, path: str) -> bool:
+        if checkpoint.is_local != self._storage.is_local:
+            return False
+        if checkpoint.is_local:
+            return os.path.realpath(checkpoint.path) == os.path.realpath(path)
+        return Checkpoint(checkpoint.path.rstrip("/"), checkpoint.filesystem) == Checkpoint(path.rstrip("/"),
+                                                                                             self.spec.filesystem)
 
     def _in_place_name(self, checkpoint: Checkpoint, dir_name: str | None) -> str:
         """Return the name of a NO_UPLOAD checkpoint, which must be a directory directly inside the run."""
@@ -214,6 +281,10 @@ class Session:
         sweeps it when it discards the round (or the next open of the run does).
         """
         k, plan, dest = job
+        if plan.upload_fn is not None:
+            self._custom_upload(plan, dest)
+            self._send(p.Uploaded(k, [], []))
+            return
         assert plan.src is not None and plan.files is not None
         share = plan.files if dest.files is None else dest.files
         # handing the files over (a rename on the same filesystem) is how a source that goes away is uploaded
@@ -336,6 +407,8 @@ def report(
     checkpoint_dir_name: str | None = None,
     checkpoint_upload_mode: CheckpointUploadMode = CheckpointUploadMode.SYNC,
     delete_local_checkpoint_after_upload: bool | None = None,
+    checkpoint_upload_fn: Callable[[Checkpoint, str], Checkpoint] | None = None,
+    validation: bool | ValidationTaskConfig = False,
 ) -> None:
     """Report this worker's metrics, and optionally checkpoint files, for the next round of the run.
 
@@ -348,13 +421,21 @@ def report(
     directory that already lies inside the run directory, as it is. ``delete_local_checkpoint_after_upload``
     (default: True for ASYNC, else False) removes the local source directory once its files are uploaded.
 
+    ``checkpoint_upload_fn(checkpoint, checkpoint_dir_name) -> Checkpoint`` uploads the checkpoint instead of
+    trainkeep: it must copy the files into the run's directory of that name
+    (``get_context().get_storage().build_checkpoint_path_from_name(checkpoint_dir_name)``) and return a
+    Checkpoint of it; trainkeep then reads back what was uploaded for the manifest and commits. ``validation``
+    (True, or a ValidationTaskConfig for this checkpoint) queues the checkpoint for the trainer's
+    ValidationConfig once it is committed.
+
     Raises:
         SessionError outside a run; InvalidMetricsError / ScoreTypeError (TypeError) for bad metrics or a
-        non-numeric score; ValueError for a bad name, mode, or NO_UPLOAD location; all before anything is
+        non-numeric score; ValueError for a bad name, mode, or NO_UPLOAD location, and for a validation
+        requested without a checkpoint or without a trainer's ``validation_config``; all before anything is
         written, and they fail the run without a retry.
     """
     _current("report").report(metrics, checkpoint, checkpoint_dir_name, checkpoint_upload_mode,
-                              delete_local_checkpoint_after_upload)
+                              delete_local_checkpoint_after_upload, checkpoint_upload_fn, validation)
 
 
 def get_checkpoint() -> Checkpoint | None:
