@@ -13,6 +13,7 @@ from typing import Any
 
 import fsspec
 
+from trainkeep.errors import CheckpointNotFoundError, MetadataError, NotAPathError
 from trainkeep.layout import METADATA_NAME, TEMP_SUFFIX, is_reserved_file
 
 
@@ -88,7 +89,7 @@ class Checkpoint:
         with contextlib.suppress(Exception):  # list what is on the store now, not an older cached listing
             self.filesystem.invalidate_cache(self.path)
         if not self.filesystem.isdir(self.path):
-            raise FileNotFoundError(f"checkpoint directory {self.path!r} does not exist")
+            raise CheckpointNotFoundError(f"checkpoint directory {self.path!r} does not exist")
         base = self.path.rstrip("/")
         out = []
         for full in self.filesystem.find(self.path):
@@ -117,11 +118,11 @@ class Checkpoint:
             fails (the old metadata stays).
         """
         if not isinstance(metadata, dict):
-            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+            raise MetadataError(f"metadata must be a dict, got {type(metadata).__name__}")
         try:
             data = json.dumps(metadata).encode()
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+            raise MetadataError(f"metadata must be JSON-serialisable: {exc}") from None
         path = f"{self.path}/{METADATA_NAME}"
         if self.is_local:
             # Our temp suffix, so a leftover from a crash here is never taken for a user file of the checkpoint.
@@ -143,7 +144,7 @@ class Checkpoint:
         """Merge ``metadata`` into the stored metadata (``dict.update``)."""
         merged = self.get_metadata()
         if not isinstance(metadata, dict):
-            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+            raise MetadataError(f"metadata must be a dict, got {type(metadata).__name__}")
         merged.update(metadata)
         self.set_metadata(merged)
 
@@ -160,7 +161,7 @@ class Checkpoint:
         return f"Checkpoint(filesystem={proto}, path={self.path})"
 
     def __fspath__(self) -> str:
-        raise TypeError(
+        raise NotAPathError(
             "a Checkpoint is not a path; use `with checkpoint.as_directory() as d:` or checkpoint.path"
         )
 

@@ -174,6 +174,42 @@ class ReportTimeoutError(TrainkeepError, TimeoutError):
     """Some workers did not reach a report round in time (uneven ``report()`` calls, or a hung worker)."""
 
 
+class InconsistentReportError(TrainkeepError, ValueError):
+    """The ranks' reports of one round disagree (checkpoint names) or collide (a file of one is a directory of another)."""
+
+
+class InvalidReportError(WorkerGroupError, ValueError):
+    """The run failed on a bad value passed to ``report()`` (also a ValueError); it is never retried."""
+
+
+class InvalidReportTypeError(WorkerGroupError, TypeError):
+    """The run failed on a value of the wrong type passed to ``report()`` (also a TypeError); never retried."""
+
+
+class ReportTimeoutFailure(ControllerError, ReportTimeoutError):
+    """The run failed because some ranks did not reach a report round (also a ReportTimeoutError)."""
+
+
+class CheckpointNotFoundError(TrainkeepError, FileNotFoundError):
+    """A checkpoint's directory does not exist (a local one to report, or one on storage to read)."""
+
+
+class MetadataError(TrainkeepError, TypeError):
+    """Checkpoint metadata is not a dict of JSON-serialisable values."""
+
+
+class NotAPathError(TrainkeepError, TypeError):
+    """A Checkpoint was used where a path is expected (``os.fspath``); the message says what to use instead."""
+
+
+class NotOverriddenError(TrainkeepError, NotImplementedError):
+    """A method that a subclass must implement (``Trainable.step`` and the like) was not overridden."""
+
+
+class NoCheckpointError(TrainkeepError, RuntimeError):
+    """A run has no checkpoint to answer with (also a RuntimeError, as Ray Train raises)."""
+
+
 def describe_holder(holder: dict) -> str:
     """Return a one-line description of a lock holder record."""
     if not holder:

@@ -36,7 +36,6 @@ MAX_FILE_PATH_BYTES = 768  # with the run's prefix and the checkpoint's name, an
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 RESERVED_PREFIXES = (".trainkeep", "trainkeep_run", "history.jsonl")
-DEFAULT_CHECKPOINT_RE = re.compile(r"^checkpoint_\d{6,}$")
 
 
 def default_checkpoint_name(round_index: int) -> str:

@@ -42,7 +42,7 @@ def open_run(storage: Storage, path: str, config: CheckpointConfig) -> RunState:
         state = read_run(storage, path, config)
     else:
         now = time.time()
-        state = RunState(path, RunIndex(config.to_dict(), created=now, updated=now), [], 0, 0, index_changed=True)
+        state = RunState(path, RunIndex(config.to_dict(), created=now, updated=now), [], 0, 0)
     finish_retiring(storage, path, state)
     sweep(storage, path, state)
     repair_history(storage, path, state)

@@ -12,7 +12,7 @@ import fsspec
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig
 from trainkeep.corruption import records_of
-from trainkeep.errors import ConfigError, InvalidMetricsError
+from trainkeep.errors import ConfigError, InvalidMetricsError, NoCheckpointError
 from trainkeep.metrics import as_float, flatten, lookup
 from trainkeep.retention import best_checkpoints
 from trainkeep.run import read_run
@@ -113,7 +113,7 @@ class Result:
         if mode not in ("min", "max"):
             raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
         if not self.best_checkpoints:
-            raise RuntimeError(f"run {self.path} has no checkpoints")
+            raise NoCheckpointError(f"run {self.path} has no checkpoints")
         best: tuple[float, Checkpoint] | None = None
         for ckpt, metrics in self._in_round_order(self.best_checkpoints):
             value = as_float(lookup(metrics, metric))
@@ -124,7 +124,7 @@ class Result:
                 best = (score, ckpt)
         if best is None:
             names = sorted({k for _, m in self.best_checkpoints for k in flatten(m)})
-            raise RuntimeError(f"no checkpoint of run {self.path} has a numeric metric {metric!r}; "
+            raise NoCheckpointError(f"no checkpoint of run {self.path} has a numeric metric {metric!r}; "
                                f"metrics present: {names}")
         return best[1]
 

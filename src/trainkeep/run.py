@@ -16,6 +16,7 @@ from typing import Any
 from trainkeep.config import CheckpointConfig
 from trainkeep.corruption import apply_marks, mark_corrupt, read_marks, records_of
 from trainkeep.errors import (
+    CheckpointNotFoundError,
     ConfigError,
     ConfigTypeError,
     CorruptRunError,
@@ -62,7 +63,6 @@ class RunState:
     history_total_bytes: int
     problems: list[str] = field(default_factory=list)
     index_rebuilt: bool = False
-    index_changed: bool = False
 
     @property
     def next_round(self) -> int:
@@ -111,24 +111,17 @@ def read_run(storage: Storage, run_path: str, checkpoint_config: CheckpointConfi
         raise RunNotFoundError(f"no trainkeep run at {run_path} (no {RUN_INDEX_NAME} or {HISTORY_NAME} there)")
     problems: list[str] = []
     index, rebuilt = _read_index(storage, run_path, checkpoint_config, problems)
-    changed = _reconcile(storage, run_path, index, problems) or rebuilt
-    changed = apply_marks(index, read_marks(storage, run_path)) or changed
+    _reconcile(storage, run_path, index, problems)
+    apply_marks(index, read_marks(storage, run_path))
     raw_history, history_parts = storage.read_log(storage.join(run_path, HISTORY_NAME))
     history, valid = parse_history(raw_history, history_parts)
-    return RunState(run_path, index, history, valid, len(raw_history), problems, rebuilt, changed)
+    return RunState(run_path, index, history, valid, len(raw_history), problems, rebuilt)
 
 
 def read_history(storage: Storage, run_path: str) -> list[dict[str, Any]]:
     """Return every completed round of the run's history, in round order (a torn last line is left out)."""
     raw_history, history_parts = storage.read_log(storage.join(run_path, HISTORY_NAME))
     return parse_history(raw_history, history_parts)[0]
-
-
-def _read_optional(storage: Storage, path: str) -> bytes:
-    try:
-        return storage.read_bytes(path)
-    except FileNotFoundError:
-        return b""
 
 
 def _read_index(
@@ -198,7 +191,7 @@ def _check_entry(
     """Return ``entry`` as its manifest says it is (None when the manifest is gone; marked when it is damaged)."""
     try:
         if entry.name not in present:
-            raise FileNotFoundError(entry.name)
+            raise CheckpointNotFoundError(entry.name)
         manifest = read_manifest(storage, run_path, entry.name)
     except FileNotFoundError:
         problems.append(f"checkpoint {entry.name} is listed in the run index but its manifest is missing")

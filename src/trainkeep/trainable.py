@@ -14,7 +14,7 @@ from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig, RunConfig, ScalingConfig
-from trainkeep.errors import ConfigError, ConfigTypeError
+from trainkeep.errors import ConfigError, ConfigTypeError, NotOverriddenError
 from trainkeep.trainer.data_parallel import DataParallelTrainer
 
 ITERATION_KEY = "training_iteration"
@@ -36,15 +36,15 @@ class Trainable:
 
     def step(self) -> dict[str, Any]:
         """Run one training iteration and return its metrics."""
-        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+        raise NotOverriddenError(f"{type(self).__name__} must implement step()")
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Write the training state into ``checkpoint_dir``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement save_checkpoint(checkpoint_dir)")
+        raise NotOverriddenError(f"{type(self).__name__} must implement save_checkpoint(checkpoint_dir)")
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         """Restore the training state from ``checkpoint_dir``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement load_checkpoint(checkpoint_dir)")
+        raise NotOverriddenError(f"{type(self).__name__} must implement load_checkpoint(checkpoint_dir)")
 
     def cleanup(self) -> None:
         """Release resources at the end of the run."""

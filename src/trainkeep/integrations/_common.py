@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from trainkeep.config import CheckpointConfig
+from trainkeep.errors import ConfigError
 
 
 def require(module: str, extra: str, pip_name: str | None = None) -> ModuleType:
@@ -46,7 +47,7 @@ def resolve_timing(frequency: int | None, checkpoint_at_end: bool | None) -> Tim
     if checkpoint_at_end is None:
         checkpoint_at_end = config.checkpoint_at_end
     if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 0:
-        raise ValueError(f"frequency must be an integer >= 0, got {frequency!r}")
+        raise ConfigError(f"frequency must be an integer >= 0, got {frequency!r}")
     return Timing(frequency, True if checkpoint_at_end is None else bool(checkpoint_at_end))
 
 

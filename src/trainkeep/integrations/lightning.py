@@ -16,6 +16,7 @@ import tempfile
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
+from trainkeep.errors import ConfigError
 from trainkeep.integrations._common import require, resolve_timing
 
 pl = require("lightning.pytorch", "lightning", "lightning")
@@ -45,7 +46,7 @@ class RayTrainReportCallback(pl.Callback):  # type: ignore[name-defined, misc]
                  unit: str = "epoch") -> None:
         super().__init__()
         if unit not in ("epoch", "step"):
-            raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}")
+            raise ConfigError(f"unit must be 'epoch' or 'step', got {unit!r}")
         self._timing = resolve_timing(frequency, checkpoint_at_end)
         self._unit = unit
         self._saved_at: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint
@@ -140,11 +141,11 @@ def prepare_trainer(trainer: Any) -> Any:
     strategy = trainer.strategy
     env = getattr(strategy, "cluster_environment", None)
     if isinstance(strategy, pl.strategies.DDPStrategy) and not isinstance(strategy, RayDDPStrategy):
-        raise ValueError("use strategy=trainkeep.lightning.RayDDPStrategy() inside trainkeep workers, got "
+        raise ConfigError("use strategy=trainkeep.lightning.RayDDPStrategy() inside trainkeep workers, got "
                          f"{type(strategy).__name__}")
     if env is not None and not isinstance(env, RayLightningEnvironment) and \
             not isinstance(strategy, pl.strategies.SingleDeviceStrategy):
-        raise ValueError("use plugins=[trainkeep.lightning.RayLightningEnvironment()] inside trainkeep workers, "
+        raise ConfigError("use plugins=[trainkeep.lightning.RayLightningEnvironment()] inside trainkeep workers, "
                          f"got {type(env).__name__}")
     return trainer
 

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
+from trainkeep.errors import ConfigError
 from trainkeep.integrations._common import require, resolve_timing
 
 transformers = require("transformers", "transformers")
@@ -32,7 +33,7 @@ class RayTrainReportCallback(transformers.TrainerCallback):  # type: ignore[name
     def __init__(self, frequency: int | None = None, checkpoint_at_end: bool | None = None,
                  unit: str = "step") -> None:
         if unit not in ("epoch", "step"):
-            raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}")
+            raise ConfigError(f"unit must be 'epoch' or 'step', got {unit!r}")
         self._timing = resolve_timing(frequency, checkpoint_at_end)
         self._unit = unit
         self._logged: dict[str, Any] = {}

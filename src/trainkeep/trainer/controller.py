@@ -17,7 +17,12 @@ import time
 from typing import Any
 
 from trainkeep.config import CheckpointUploadMode
-from trainkeep.errors import CheckpointExistsError, InvalidCheckpointNameError, ReportTimeoutError
+from trainkeep.errors import (
+    CheckpointExistsError,
+    InconsistentReportError,
+    InvalidCheckpointNameError,
+    ReportTimeoutError,
+)
 from trainkeep.layout import MANIFEST_NAME, is_reserved_file
 from trainkeep.manager import CheckpointManager
 from trainkeep.manifest import FileEntry
@@ -26,7 +31,7 @@ from trainkeep.trainer import protocol as p
 from trainkeep.trainer.failures import AttemptFailed, describe_exit, unpack_exception
 from trainkeep.trainer.group import Event, Exited, WorkerGroup
 from trainkeep.trainer.interrupt import deferred_sigint
-from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round
+from trainkeep.trainer.rounds import Arrival, Round
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +122,7 @@ class Controller:
         self._check_not_ahead(rank, k)
         rnd = self._rounds.get(k)
         if rnd is None:
-            rnd = self._rounds[k] = Round(k, self._base + k, time.monotonic())
+            rnd = self._rounds[k] = Round(self._base + k, time.monotonic())
         if rank == 0:
             rnd.metrics = msg.metrics
         arrival = Arrival(rank, msg.has_checkpoint, msg.mode, msg.dir_name, msg.files)

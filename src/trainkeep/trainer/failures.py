@@ -9,19 +9,15 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 
-from trainkeep.errors import ControllerError, ReportTimeoutError, TrainingFailedError, WorkerGroupError
-
-
-class InvalidReportError(WorkerGroupError, ValueError):
-    """The run failed on a bad value passed to ``report()`` (also a ValueError); it is never retried."""
-
-
-class InvalidReportTypeError(WorkerGroupError, TypeError):
-    """The run failed on a value of the wrong type passed to ``report()`` (also a TypeError); never retried."""
-
-
-class ReportTimeoutFailure(ControllerError, ReportTimeoutError):
-    """The run failed because some ranks did not reach a report round (also a ReportTimeoutError)."""
+from trainkeep.errors import (
+    ControllerError,
+    InvalidReportError,
+    InvalidReportTypeError,
+    ReportTimeoutError,
+    ReportTimeoutFailure,
+    TrainingFailedError,
+    WorkerGroupError,
+)
 
 
 def pack_exception(exc: BaseException) -> tuple[bytes, str]:

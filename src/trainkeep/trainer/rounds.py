@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainkeep.errors import TrainkeepError
+from trainkeep.errors import InconsistentReportError
 from trainkeep.layout import default_checkpoint_name
 from trainkeep.manifest import FileEntry
 
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from trainkeep.commit import StagedCheckpoint
 
 logger = logging.getLogger(__name__)
-
-
-class InconsistentReportError(TrainkeepError, ValueError):
-    """The ranks' reports of one round disagree (checkpoint names) or collide (a file of one is a directory of another)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,6 @@ class Arrival:
 class Round:
     """The k-th report of every rank, collected until it can be committed (or recorded, without files)."""
 
-    k: int
     index: int
     started: float
     arrivals: dict[int, Arrival] = field(default_factory=dict)
@@ -80,8 +75,8 @@ class Round:
     def no_upload(self) -> bool:
         return any(a.has_checkpoint and a.files is None for a in self.arrivals.values())
 
-    def add(self, arrival: Arrival) -> bool:
-        """Record ``arrival``; return True when it is the first checkpoint of the round (time to stage).
+    def add(self, arrival: Arrival) -> None:
+        """Record ``arrival``; the first rank with a checkpoint names the round's checkpoint.
 
         Raises:
             InconsistentReportError when its checkpoint name disagrees with an earlier rank's, or one of its
@@ -89,10 +84,9 @@ class Round:
         """
         self.arrivals[arrival.rank] = arrival
         if not arrival.has_checkpoint:
-            return False
+            return
         name = arrival.dir_name or default_checkpoint_name(self.index)
-        first = self.name is None
-        if first:
+        if self.name is None:
             self.name, self.name_rank = name, arrival.rank
         elif name != self.name:
             raise InconsistentReportError(
@@ -101,7 +95,6 @@ class Round:
                 "checkpoint in a round must pass the same checkpoint_dir_name (or none, for the default name)."
             )
         self._claim(arrival.rank, arrival.files or [])
-        return first
 
     def check_names(self) -> None:
         """Check, once every rank arrived, that ranks passing only a name agree with the checkpoint's name.

@@ -18,7 +18,7 @@ from typing import Any
 
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import CheckpointConfig, CheckpointUploadMode
-from trainkeep.errors import ConfigError, ConfigTypeError, SessionError
+from trainkeep.errors import CheckpointNotFoundError, ConfigError, ConfigTypeError, SessionError
 from trainkeep.layout import MANIFEST_NAME, validate_checkpoint_name
 from trainkeep.manifest import FileEntry
 from trainkeep.metrics import check_score, normalize_metrics
@@ -185,7 +185,7 @@ class Session:
             raise ConfigError(f"checkpoint_dir_name {dir_name!r} does not match the NO_UPLOAD checkpoint's "
                               f"directory {name!r}; pass the directory's own name, or none")
         if not checkpoint.filesystem.isdir(checkpoint.path):
-            raise FileNotFoundError(f"NO_UPLOAD checkpoint directory {checkpoint.path} does not exist")
+            raise CheckpointNotFoundError(f"NO_UPLOAD checkpoint directory {checkpoint.path} does not exist")
         return name
 
     def _deletable(self, src: str) -> bool:
