@@ -5,9 +5,8 @@ Public names only; see DESIGN.md for the contract.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from trainkeep._logging import install_default_handler
+from trainkeep._version import __version__
 from trainkeep.checkpoint import Checkpoint
 from trainkeep.config import (
     CheckpointConfig,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from trainkeep import __version__
+from trainkeep._version import __version__
 from trainkeep.errors import CorruptRunError, IncompatibleRunError, InvalidCheckpointNameError
 from trainkeep.layout import validate_checkpoint_name, validate_relative_path
 

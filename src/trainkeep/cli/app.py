@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from trainkeep import __version__
+from trainkeep._version import __version__
 from trainkeep.cli.common import (
     EXIT_INTERNAL,
     EXIT_LOCKED,
