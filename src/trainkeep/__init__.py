@@ -5,16 +5,21 @@ Public names only; see DESIGN.md for the contract.
 
 from __future__ import annotations
 
-from trainkeep._logging import install_default_handler
-from trainkeep._version import __version__
-from trainkeep.checkpoint import Checkpoint
-from trainkeep.config import (
+from trainkeep._internal.core.config import (
     CheckpointConfig,
     CheckpointUploadMode,
     FailureConfig,
     RunConfig,
     ScalingConfig,
 )
+from trainkeep._internal.engine.checkpoint import Checkpoint
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.engine.result import Result
+from trainkeep._internal.trainer import DataParallelTrainer
+from trainkeep._internal.trainer.session import get_checkpoint, get_context, report
+from trainkeep._internal.trainer.trainable import Trainable, TrainableTrainer
+from trainkeep._logging import install_default_handler
+from trainkeep._version import __version__
 from trainkeep.errors import (
     CheckpointExistsError,
     ChecksumMismatchError,
@@ -37,11 +42,6 @@ from trainkeep.errors import (
     UnsupportedCheckpointFileError,
     WorkerGroupError,
 )
-from trainkeep.manager import CheckpointManager
-from trainkeep.result import Result
-from trainkeep.trainable import Trainable, TrainableTrainer
-from trainkeep.trainer import DataParallelTrainer
-from trainkeep.trainer.session import get_checkpoint, get_context, report
 
 install_default_handler()  # trainkeep's lines reach stderr while the application configured no logging
 

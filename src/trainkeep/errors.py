@@ -194,8 +194,27 @@ class CheckpointNotFoundError(TrainkeepError, FileNotFoundError):
     """A checkpoint's directory does not exist (a local one to report, or one on storage to read)."""
 
 
+class CheckpointNotADirectoryError(TrainkeepError, NotADirectoryError):
+    """A path given as a checkpoint directory is a file or something else that is not a directory."""
+
+
+class CliError(TrainkeepError, RuntimeError):
+    """An error the ``trainkeep`` command reports as one line on stderr, with its own exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):  # keep it picklable
+        return (type(self), (str(self), self.exit_code))
+
+
 class MetadataError(TrainkeepError, TypeError):
     """Checkpoint metadata is not a dict of JSON-serialisable values."""
+
+
+class MissingDependencyError(TrainkeepError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
 
 
 class NotAPathError(TrainkeepError, TypeError):

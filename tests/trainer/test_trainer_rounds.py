@@ -13,12 +13,12 @@ import os
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME
+from trainkeep._internal.core.manifest import FileEntry
+from trainkeep._internal.engine.run import read_manifest, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
+from trainkeep._internal.trainer.rounds import Arrival, Round, assign_paths
 from trainkeep.errors import InconsistentReportError
-from trainkeep.layout import MANIFEST_NAME
-from trainkeep.manifest import FileEntry
-from trainkeep.run import read_manifest, verify_checkpoint
-from trainkeep.storage import LocalStorage
-from trainkeep.trainer.rounds import Arrival, Round, assign_paths
 
 
 def arrival(rank, has_checkpoint=True, dir_name=None, files=("a",), mode="SYNC"):
@@ -105,7 +105,7 @@ def test_differing_copies_log_one_warning_naming_the_file_and_the_ranks(caplog):
     for rank in (2, 0):
         rnd.add(arrival(rank, files=["model.pt", f"shard_{rank}", "same.txt"]))
     rnd.uploads = {0, 2}
-    with caplog.at_level(logging.WARNING, logger="trainkeep.trainer.rounds"):
+    with caplog.at_level(logging.WARNING, logger="trainkeep._internal.trainer.rounds"):
         rnd.record_upload(0, [_entry("model.pt", b"A"), _entry("shard_0", b"0"), _entry("same.txt", b"s")])
         rnd.record_upload(2, [_entry("shard_2", b"2")], [_entry("model.pt", b"C"), _entry("same.txt", b"s")])
         assert caplog.records == []  # rank 1 may still pass model.pt: not every rank arrived
@@ -128,7 +128,7 @@ def test_copies_all_in_before_the_last_arrival_are_compared_when_it_arrives(capl
     rnd.record_upload(0, [_entry("m", b"A")])
     rnd.record_upload(1, [], [_entry("m", b"B")])
     rnd.add(arrival(2, False))
-    with caplog.at_level(logging.WARNING, logger="trainkeep.trainer.rounds"):
+    with caplog.at_level(logging.WARNING, logger="trainkeep._internal.trainer.rounds"):
         rnd.check_names()
     assert len(caplog.records) == 1 and "'m'" in caplog.records[0].getMessage()
     assert "ranks 0, 1 with different content (rank 1 differs" in caplog.records[0].getMessage()

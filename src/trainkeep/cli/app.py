@@ -17,12 +17,12 @@ from trainkeep.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_STORAGE,
     EXIT_USAGE,
-    CliError,
 )
 from trainkeep.cli.listing import best_command, ls_command, runs_command, show_command
 from trainkeep.cli.maintain import prune_command, verify_command
 from trainkeep.cli.plot import plot_command
 from trainkeep.errors import (
+    CliError,
     ConfigError,
     ConfigTypeError,
     CorruptRunError,

@@ -1,9 +1,9 @@
 """FaultyStorage: wrap any Storage to count, record, kill, crash or fail its operations.
 
 An *operation* is one call of the Storage surface (``write_atomic``, ``put_tree``, ``listdir``, ...) and, when
-the wrapped storage is a :class:`~trainkeep.storage.LocalStorage`, also one of the system calls through which
+the wrapped storage is a :class:`~trainkeep._internal.storage.LocalStorage`, also one of the system calls through which
 it changes the disk (``create``, ``write``, ``copy``, ``fsync``, ``rename``, ``unlink``, ``mkdir``, directory
-``fsync``...; see ``trainkeep/storage/syscalls.py``). Operations are numbered from 1 in the order they start;
+``fsync``...; see ``trainkeep/_internal/storage/syscalls.py``). Operations are numbered from 1 in the order they start;
 that number is what ``kill_before``, ``crash_before`` and ``fail_at`` refer to.
 """
 
@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from trainkeep._internal.storage.base import PutResult, Storage
+from trainkeep._internal.storage.local import LocalStorage
+from trainkeep._internal.storage.locking import RunLock
 from trainkeep.errors import StorageError
-from trainkeep.storage.base import PutResult, Storage
-from trainkeep.storage.local import LocalStorage
-from trainkeep.storage.locking import RunLock
 from trainkeep.testing.ops import Op
 
 WRITE_CALLS = frozenset({"makedirs", "write_atomic", "append", "truncate", "delete_file", "delete_tree",

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from trainkeep.storage.syscalls import CopyChunk, Syscalls
+from trainkeep._internal.storage.syscalls import CopyChunk, Syscalls
 from trainkeep.testing.ops import Op, Recorder
 
 T = TypeVar("T")
