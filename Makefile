@@ -30,6 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/lint-imports
 
 ## Benchmarks (never part of `make test`): report round trip, persistence against the raw disk, constant cost.
 bench: $(STAMP)

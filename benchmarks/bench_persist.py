@@ -44,7 +44,7 @@ from typing import Any
 import psutil
 
 import trainkeep as tk
-from trainkeep.storage import FsspecStorage, list_source_files
+from trainkeep._internal.storage import FsspecStorage, list_source_files
 
 MB = 1_000_000
 FILES = 8

@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 import trainkeep as tk
-from trainkeep.retention import Record, decide
-from trainkeep.run import read_run
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.core.retention import Record, decide
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.storage import LocalStorage
 
 EPOCHS = 8
 CRASH_RANK, CRASH_EPOCH = 1, 3
@@ -96,7 +96,7 @@ def print_kept(result: tk.Result, config: tk.CheckpointConfig) -> None:
 
 def main(run_dir: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("trainkeep.manager").setLevel(logging.WARNING)  # one line per commit is too chatty here
+    logging.getLogger("trainkeep._internal.engine.manager").setLevel(logging.WARNING)  # one line per commit is too chatty here
     run_dir = os.path.abspath(run_dir)
     marker = run_dir + ".crashed"
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run: start afresh each time

@@ -5,12 +5,8 @@ Public names only; see DESIGN.md for the contract.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from trainkeep import collective  # so that trainkeep.collective.barrier() works after "import trainkeep"
-from trainkeep._logging import install_default_handler
-from trainkeep.checkpoint import Checkpoint
-from trainkeep.config import (
+from trainkeep._internal.core.config import (
     CheckpointConfig,
     CheckpointUploadMode,
     FailureConfig,
@@ -19,6 +15,26 @@ from trainkeep.config import (
     ValidationConfig,
     ValidationTaskConfig,
 )
+from trainkeep._internal.core.user_callback import UserCallback
+from trainkeep._internal.engine.checkpoint import Checkpoint
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.engine.result import Result
+from trainkeep._internal.trainer import DataParallelTrainer
+from trainkeep._internal.trainer.callbacks import TensorBoardCallback
+from trainkeep._internal.trainer.reported import (
+    CheckpointConsistencyMode,
+    ReportedCheckpoint,
+    ReportedCheckpointStatus,
+)
+from trainkeep._internal.trainer.session import (
+    get_all_reported_checkpoints,
+    get_checkpoint,
+    get_context,
+    report,
+)
+from trainkeep._internal.trainer.trainable import Trainable, TrainableTrainer
+from trainkeep._logging import install_default_handler
+from trainkeep._version import __version__
 from trainkeep.errors import (
     CheckpointExistsError,
     ChecksumMismatchError,
@@ -42,14 +58,6 @@ from trainkeep.errors import (
     WorkerGroupError,
 )
 from trainkeep.launch import init, shutdown
-from trainkeep.manager import CheckpointManager
-from trainkeep.result import Result
-from trainkeep.trainable import Trainable, TrainableTrainer
-from trainkeep.trainer import DataParallelTrainer
-from trainkeep.trainer.callbacks import TensorBoardCallback
-from trainkeep.trainer.reported import CheckpointConsistencyMode, ReportedCheckpoint, ReportedCheckpointStatus
-from trainkeep.trainer.session import get_all_reported_checkpoints, get_checkpoint, get_context, report
-from trainkeep.user_callback import UserCallback
 
 install_default_handler()  # trainkeep's lines reach stderr while the application configured no logging
 

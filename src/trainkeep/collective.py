@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from trainkeep.trainer import session
+from trainkeep._internal.trainer import session
 
 T = TypeVar("T")
 

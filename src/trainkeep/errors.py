@@ -174,6 +174,73 @@ class ReportTimeoutError(TrainkeepError, TimeoutError):
     """Some workers did not reach a report round in time (uneven ``report()`` calls, or a hung worker)."""
 
 
+class InconsistentReportError(TrainkeepError, ValueError):
+    """The ranks' reports of one round disagree (checkpoint names) or collide (a file of one is a directory of another)."""
+
+
+class InvalidReportError(WorkerGroupError, ValueError):
+    """The run failed on a bad value passed to ``report()`` (also a ValueError); it is never retried."""
+
+
+class InvalidReportTypeError(WorkerGroupError, TypeError):
+    """The run failed on a value of the wrong type passed to ``report()`` (also a TypeError); never retried."""
+
+
+class ReportTimeoutFailure(ControllerError, ReportTimeoutError):
+    """The run failed because some ranks did not reach a report round (also a ReportTimeoutError)."""
+
+
+class CheckpointNotFoundError(TrainkeepError, FileNotFoundError):
+    """A checkpoint's directory does not exist (a local one to report, or one on storage to read)."""
+
+
+class CheckpointNotADirectoryError(TrainkeepError, NotADirectoryError):
+    """A path given as a checkpoint directory is a file or something else that is not a directory."""
+
+
+class CliError(TrainkeepError, RuntimeError):
+    """An error the ``trainkeep`` command reports as one line on stderr, with its own exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):  # keep it picklable
+        return (type(self), (str(self), self.exit_code))
+
+
+class MetadataError(TrainkeepError, TypeError):
+    """Checkpoint metadata is not a dict of JSON-serialisable values."""
+
+
+class CollectiveMismatchError(TrainkeepError, ValueError):
+    """The ranks called different collectives at the same point (one barrier(), another broadcast)."""
+
+
+class WorkerStartError(TrainkeepError, OSError):
+    """A worker of an executor could not be started, placed or connected to the driver."""
+
+
+class PlacementTimeoutError(WorkerStartError, TimeoutError):
+    """A Ray cluster that could hold the workers did not free the resources for them in time."""
+
+
+class MissingDependencyError(TrainkeepError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+class NotAPathError(TrainkeepError, TypeError):
+    """A Checkpoint was used where a path is expected (``os.fspath``); the message says what to use instead."""
+
+
+class NotOverriddenError(TrainkeepError, NotImplementedError):
+    """A method that a subclass must implement (``Trainable.step`` and the like) was not overridden."""
+
+
+class NoCheckpointError(TrainkeepError, RuntimeError):
+    """A run has no checkpoint to answer with (also a RuntimeError, as Ray Train raises)."""
+
+
 def describe_holder(holder: dict) -> str:
     """Return a one-line description of a lock holder record."""
     if not holder:

@@ -2,7 +2,7 @@
 
 Every rank calls ``trainkeep.init(run_config=...)``; then ``report()``, ``get_checkpoint()`` and
 ``get_context()`` work as inside a trainer, with the same rounds. Rank 0 hosts the controller of
-``trainer/controller.py`` in a background thread, over a :class:`~trainkeep.trainer.backends.launched.
+``trainer/controller.py`` in a background thread, over a :class:`~trainkeep._internal.trainer.backends.launched.
 LaunchedWorkerGroup` that listens on ``MASTER_ADDR``; every rank, rank 0 included, connects to it and speaks
 the round protocol as a worker process of a trainer does. Rank 0 is the single writer of the run.
 
@@ -26,17 +26,17 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from trainkeep._internal.core.config import DEFAULT_STORAGE_PATH, RunConfig, default_run_name
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.storage import resolve
+from trainkeep._internal.trainer import protocol as p
+from trainkeep._internal.trainer import session as session_module
+from trainkeep._internal.trainer.backends.launched import Hello, LaunchedWorkerGroup, Refused, connect
+from trainkeep._internal.trainer.controller import Controller
+from trainkeep._internal.trainer.failures import AttemptFailed, pack_exception
+from trainkeep._internal.trainer.session import Session, TrainContext
 from trainkeep._launch_env import LaunchEnv, authkey, read_launch_env
-from trainkeep.config import DEFAULT_STORAGE_PATH, RunConfig, default_run_name
 from trainkeep.errors import ConfigTypeError, SessionError, TrainingFailedError
-from trainkeep.manager import CheckpointManager
-from trainkeep.storage import resolve
-from trainkeep.trainer import protocol as p
-from trainkeep.trainer import session as session_module
-from trainkeep.trainer.backends.launched import Hello, LaunchedWorkerGroup, Refused, connect
-from trainkeep.trainer.controller import Controller
-from trainkeep.trainer.failures import AttemptFailed, pack_exception
-from trainkeep.trainer.session import Session, TrainContext
 
 logger = logging.getLogger(__name__)
 

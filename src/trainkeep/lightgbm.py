@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from trainkeep.config import RunConfig, ScalingConfig
-from trainkeep.integrations._common import require
-from trainkeep.integrations.lightgbm import RayTrainReportCallback, TrainkeepReportCallback
-from trainkeep.trainer.data_parallel import DataParallelTrainer
-from trainkeep.trainer.setup import WorkerSetup
+from trainkeep._internal.core.config import RunConfig, ScalingConfig
+from trainkeep._internal.integrations._common import require
+from trainkeep._internal.integrations.lightgbm import RayTrainReportCallback, TrainkeepReportCallback
+from trainkeep._internal.trainer.data_parallel import DataParallelTrainer
+from trainkeep._internal.trainer.setup import WorkerSetup
 
 _ENV = "TRAINKEEP_LIGHTGBM_MACHINES"
 
@@ -42,7 +42,7 @@ class _LightGBMSetup(WorkerSetup):
 
 def get_network_params() -> dict[str, Any]:
     """Return the LightGBM params that join this worker to the others ({} with one worker)."""
-    from trainkeep.trainer import session
+    from trainkeep._internal.trainer import session
 
     machines = os.environ.get(_ENV)
     if not machines:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from trainkeep.integrations.lightning import (
+from trainkeep._internal.integrations.lightning import (
     CHECKPOINT_NAME,
     RayDDPStrategy,
     RayLightningEnvironment,

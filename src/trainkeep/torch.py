@@ -14,22 +14,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainkeep.config import RunConfig, ScalingConfig, ValidationConfig
-from trainkeep.errors import ConfigError, ConfigTypeError
-from trainkeep.result import Result
-from trainkeep.trainer.data_parallel import DataParallelTrainer
-from trainkeep.trainer.protocol import Layout
-from trainkeep.trainer.setup import WorkerSetup
-
-_INSTALL_HINT = "trainkeep.torch needs PyTorch: pip install 'trainkeep[torch]'"
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
-    return torch
+from trainkeep._internal.core.config import RunConfig, ScalingConfig, ValidationConfig
+from trainkeep._internal.engine.result import Result
+from trainkeep._internal.integrations.torch_device import (
+    INSTALL_HINT,
+    get_device,
+    import_torch,
+    rank_and_world,
+)
+from trainkeep._internal.trainer.data_parallel import DataParallelTrainer
+from trainkeep._internal.trainer.protocol import Layout
+from trainkeep._internal.trainer.setup import WorkerSetup
+from trainkeep.errors import ConfigError, ConfigTypeError, MissingDependencyError
 
 
 @dataclass
@@ -65,7 +61,7 @@ class _TorchSetup(WorkerSetup):
         return torch_envs(layout, self.use_gpu)
 
     def start(self, context: Any, spec: Any) -> None:
-        torch = _torch()
+        torch = import_torch()
         import torch.distributed as dist
 
         if self.use_gpu:
@@ -89,7 +85,7 @@ def torch_envs(layout: Layout, use_gpu: bool) -> list[dict[str, str]]:
     With GPUs, each rank sees every GPU given to the group's workers on its node and uses the one at its local
     rank (``torch.cuda.set_device``), when the executor says which GPUs it gave (Ray does).
     """
-    from trainkeep.trainer.backends.placement import visible_devices
+    from trainkeep._internal.trainer.backends.placement import visible_devices
 
     # a fresh port per attempt: the last group's store may still hold the old one
     port = layout.master_port or _free_port()
@@ -125,7 +121,7 @@ class TorchTrainer(DataParallelTrainer):
                  run_config: RunConfig | None = None, executor: str | None = None,
                  validation_config: ValidationConfig | None = None) -> None:
         if importlib.util.find_spec("torch") is None:
-            raise ImportError(_INSTALL_HINT)
+            raise MissingDependencyError(INSTALL_HINT)
         if torch_config is not None and not isinstance(torch_config, TorchConfig):
             raise ConfigTypeError(f"torch_config must be a trainkeep.torch.TorchConfig, got {torch_config!r}")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
@@ -136,7 +132,7 @@ class TorchTrainer(DataParallelTrainer):
     def fit(self) -> Result:
         """Check the GPUs (when asked for), then run as :meth:`DataParallelTrainer.fit`."""
         if self.scaling_config.use_gpu and self.executor == "local":  # Ray checks its cluster's GPUs itself
-            count = _torch().cuda.device_count()
+            count = import_torch().cuda.device_count()
             if count < self.scaling_config.num_workers:
                 raise ConfigError(f"ScalingConfig(use_gpu=True, num_workers={self.scaling_config.num_workers}) "
                                   f"needs one GPU per worker, but this machine has {count}")
@@ -152,35 +148,6 @@ def _free_port() -> int:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _rank_and_world() -> tuple[int, int]:
-    from trainkeep.trainer import session
-
-    if session._session is not None:
-        context = session._session.context
-        return context.get_world_rank(), context.get_world_size()
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _uses_gpu() -> bool:
-    from trainkeep.trainer import session
-
-    if session._session is not None:
-        return bool(session._session.spec.use_gpu)
-    return bool(_torch().cuda.is_available())
-
-
-def get_device() -> Any:
-    """Return this worker's torch device: its GPU when the run uses GPUs, else the CPU."""
-    torch = _torch()
-    if _uses_gpu() and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def prepare_model(model: Any, move_to_device: bool | Any = True, parallel_strategy: str | None = "ddp",
                   parallel_strategy_kwargs: dict[str, Any] | None = None) -> Any:
     """Move ``model`` to this worker's device and wrap it in DistributedDataParallel when there are 2+ workers.
@@ -193,13 +160,13 @@ def prepare_model(model: Any, move_to_device: bool | Any = True, parallel_strate
     Raises:
         ValueError for another strategy.
     """
-    torch = _torch()
+    torch = import_torch()
     if parallel_strategy not in ("ddp", None):
         raise ConfigError(f"parallel_strategy must be 'ddp' or None, got {parallel_strategy!r}")
     device = get_device() if move_to_device is True else move_to_device
     if move_to_device is not False:
         model = model.to(device)
-    _, world_size = _rank_and_world()
+    _, world_size = rank_and_world()
     if parallel_strategy == "ddp" and world_size > 1:
         kwargs = dict(parallel_strategy_kwargs or {})
         if isinstance(device, torch.device) and device.type == "cuda":
@@ -220,10 +187,10 @@ def prepare_data_loader(data_loader: Any, add_dist_sampler: bool = True, move_to
     Raises:
         ValueError for a loader with a custom batch_sampler, which cannot be sharded automatically.
     """
-    torch = _torch()
+    torch = import_torch()
     from torch.utils.data import DistributedSampler, IterableDataset
 
-    rank, world_size = _rank_and_world()
+    rank, world_size = rank_and_world()
     if (add_dist_sampler and world_size > 1 and not isinstance(data_loader.dataset, IterableDataset)
             and not isinstance(data_loader.sampler, DistributedSampler)):
         data_loader = _with_sampler(data_loader, rank, world_size)

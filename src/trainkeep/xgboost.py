@@ -14,11 +14,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from trainkeep.config import RunConfig, ScalingConfig
-from trainkeep.integrations._common import require
-from trainkeep.integrations.xgboost import RayTrainReportCallback, TrainkeepReportCallback
-from trainkeep.trainer.data_parallel import DataParallelTrainer
-from trainkeep.trainer.setup import WorkerSetup
+from trainkeep._internal.core.config import RunConfig, ScalingConfig
+from trainkeep._internal.integrations._common import require
+from trainkeep._internal.integrations.xgboost import RayTrainReportCallback, TrainkeepReportCallback
+from trainkeep._internal.trainer.data_parallel import DataParallelTrainer
+from trainkeep._internal.trainer.setup import WorkerSetup
 
 _ENV = "TRAINKEEP_XGBOOST_COLLECTIVE"
 _TRACKERS: dict[int, Any] = {}  # driver side: the live tracker of each setup object, never pickled

@@ -369,7 +369,7 @@ STORAGE = [
 
 
 def _unreachable_manager() -> tk.CheckpointManager:
-    from trainkeep.storage import FsspecStorage, RetryPolicy
+    from trainkeep._internal.storage import FsspecStorage, RetryPolicy
 
     fs = closed_port_s3()  # trainkeep's own retries kept short here; the fit() row takes the default policy
     return tk.CheckpointManager("s3://bucket/run", storage_filesystem=fs,

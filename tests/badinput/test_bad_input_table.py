@@ -22,8 +22,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import trainkeep as tk
-from trainkeep.layout import MAX_NAME_LENGTH
-from trainkeep.retention import rank
+from trainkeep._internal.core.layout import MAX_NAME_LENGTH
+from trainkeep._internal.core.retention import rank
 
 TRIED: list[str] = []
 

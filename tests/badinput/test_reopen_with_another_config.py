@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import trainkeep as tk
-from trainkeep.run import read_config_changes, read_history
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.engine.run import read_config_changes, read_history
+from trainkeep._internal.storage import LocalStorage
 
 KEEP_ALL = tk.CheckpointConfig()
 KEEP_ONE = tk.CheckpointConfig(num_to_keep=1)

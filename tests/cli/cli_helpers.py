@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import trainkeep as tk
-from trainkeep.manifest import Manifest
-from trainkeep.retention import Decision
+from trainkeep._internal.core.manifest import Manifest
+from trainkeep._internal.core.retention import Decision
 
 _SCRIPT = Path(sys.executable).with_name("trainkeep")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "trainkeep"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cli_helpers import assert_one_line_error, run_cli
 
-from trainkeep.layout import RUN_INDEX_NAME
+from trainkeep._internal.core.layout import RUN_INDEX_NAME
 
 COMMANDS = ("runs", "ls", "show", "best", "verify", "prune", "plot")
 

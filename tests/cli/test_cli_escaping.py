@@ -14,8 +14,8 @@ import pytest
 from cli_helpers import run_cli
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME
 from trainkeep.cli.common import escape_text
-from trainkeep.layout import MANIFEST_NAME
 
 ODD_FILE = "line\nbreak\tand\x1bescape.bin"
 ODD_METRIC = "loss\nval"

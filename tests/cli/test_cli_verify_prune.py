@@ -12,8 +12,8 @@ import textwrap
 from cli_helpers import KEEP_ALL, assert_one_line_error, run_cli, run_json
 
 import trainkeep as tk
-from trainkeep.run import read_run
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.storage import LocalStorage
 
 
 def _flip_last_byte(path: str) -> None:

@@ -22,9 +22,9 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli.app import cli
-from trainkeep.run import read_run, verify_checkpoint
-from trainkeep.storage import LocalStorage
 
 FAIL_FAST_S = 1.0
 RACERS = 100

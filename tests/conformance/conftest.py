@@ -26,7 +26,7 @@ import fsspec
 import pytest
 
 import trainkeep as tk
-from trainkeep.storage import FsspecStorage, RetryPolicy, Storage, resolve
+from trainkeep._internal.storage import FsspecStorage, RetryPolicy, Storage, resolve
 
 HERE = Path(__file__).resolve().parent
 FAST_RETRY = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05)

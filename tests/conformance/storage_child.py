@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import trainkeep as tk
-from trainkeep.layout import MANIFEST_NAME
+from trainkeep._internal.core.layout import MANIFEST_NAME
 
 
 def filesystem() -> Any:

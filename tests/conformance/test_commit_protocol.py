@@ -9,8 +9,8 @@ import signal
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME
 from trainkeep.errors import StorageError
-from trainkeep.layout import MANIFEST_NAME
 
 
 @pytest.fixture

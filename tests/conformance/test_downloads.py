@@ -8,8 +8,8 @@ import os
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME
 from trainkeep.errors import ChecksumMismatchError
-from trainkeep.layout import MANIFEST_NAME
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import os
 import pytest
 import xxhash
 
-from trainkeep.storage import LocalStorage
-from trainkeep.storage.fastcopy import COPY_METHODS, copy_file, hash_file, move_file, same_device
+from trainkeep._internal.storage import LocalStorage
+from trainkeep._internal.storage.fastcopy import COPY_METHODS, copy_file, hash_file, move_file, same_device
 
 
 @pytest.fixture

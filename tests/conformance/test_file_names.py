@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.engine.run import verify_checkpoint
 from trainkeep.cli import cli
 from trainkeep.errors import UnsupportedCheckpointFileError
-from trainkeep.run import verify_checkpoint
 
 ACCEPTED = [
     "plain.bin",

@@ -10,8 +10,8 @@ import fsspec
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.storage import FsspecStorage, LocalStorage, resolve
 from trainkeep.errors import ConfigTypeError
-from trainkeep.storage import FsspecStorage, LocalStorage, resolve
 
 
 def roundtrip(url: str, make_files, filesystem=None) -> tk.Result:

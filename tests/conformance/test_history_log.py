@@ -10,8 +10,8 @@ import random
 import pytest
 
 import trainkeep as tk
-from trainkeep.storage import FsspecStorage
-from trainkeep.storage.parts import PartLog, parse_span
+from trainkeep._internal.storage import FsspecStorage
+from trainkeep._internal.storage.parts import PartLog, parse_span
 
 
 def test_every_round_once_in_order_across_reopens(backend, make_files, seed):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from trainkeep.storage.parts import Span, covered, ordered_part_names, parse_span, plan_merge
+from trainkeep._internal.storage.parts import Span, covered, ordered_part_names, parse_span, plan_merge
 
 
 def test_names_round_trip_and_strangers_are_ignored():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.storage import FsspecStorage, RetryPolicy
 from trainkeep.errors import StorageError
-from trainkeep.storage import FsspecStorage, RetryPolicy
 
 POLICY = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05)
 

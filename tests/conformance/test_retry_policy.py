@@ -8,8 +8,8 @@ import errno
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
+from trainkeep._internal.storage.retry import RetryPolicy, call, classify, is_missing
 from trainkeep.errors import StorageError
-from trainkeep.storage.retry import RetryPolicy, call, classify, is_missing
 
 
 def client_error(code: str, status: int) -> ClientError:

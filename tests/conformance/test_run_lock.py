@@ -13,8 +13,8 @@ import time
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.storage import LeaseLock
 from trainkeep.errors import RunLockedError
-from trainkeep.storage import LeaseLock
 
 
 def lock_path(backend) -> str:

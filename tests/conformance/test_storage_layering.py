@@ -6,24 +6,24 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import trainkeep.storage as storage_pkg
-from trainkeep.storage.base import Storage
+import trainkeep._internal.storage as storage_pkg
+from trainkeep._internal.storage.base import Storage
 
 PACKAGE = Path(storage_pkg.__file__).resolve().parent
 
 
 def storage_imports() -> dict[str, set[str]]:
-    """Return, for each module of trainkeep.storage, the modules of the package it imports (anywhere in it)."""
+    """Return, for each module of trainkeep._internal.storage, the modules of the package it imports (anywhere in it)."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.glob("*.py"):
         name = path.stem
         graph[name] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainkeep.storage."):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainkeep._internal.storage."):
                 graph[name].add(node.module.split(".")[2])
             elif isinstance(node, ast.Import):
                 graph[name].update(a.name.split(".")[2] for a in node.names
-                                   if a.name.startswith("trainkeep.storage."))
+                                   if a.name.startswith("trainkeep._internal.storage."))
     return graph
 
 

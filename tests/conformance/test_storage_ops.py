@@ -7,7 +7,7 @@ import os
 import pytest
 import xxhash
 
-from trainkeep.storage import FsspecStorage
+from trainkeep._internal.storage import FsspecStorage
 
 
 def digest(data: bytes) -> str:

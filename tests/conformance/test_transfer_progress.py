@@ -11,13 +11,13 @@ import subprocess
 import sys
 
 import trainkeep as tk
-from trainkeep.storage.progress import PROGRESS_THRESHOLD, wants_bar
+from trainkeep._internal.storage.progress import PROGRESS_THRESHOLD, wants_bar
 
 CHILD = r"""
 import os, sys, tempfile
-import trainkeep.storage.progress as progress
+import trainkeep._internal.storage.progress as progress
 progress.PROGRESS_THRESHOLD = int(sys.argv[1])
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.storage import LocalStorage
 src, dest = tempfile.mkdtemp(), tempfile.mkdtemp()
 with open(os.path.join(src, "m.bin"), "wb") as f:
     f.write(os.urandom(4 << 20))
@@ -73,7 +73,7 @@ def test_no_bar_without_a_terminal():
 
 def test_each_commit_logs_size_time_and_rate(backend, make_files, caplog):
     source = tk.Checkpoint.from_directory(make_files({"a.bin": os.urandom(3 << 20), "b.bin": b"b"}))
-    with caplog.at_level(logging.INFO, logger="trainkeep.manager"), backend.manager() as manager:
+    with caplog.at_level(logging.INFO, logger="trainkeep._internal.engine.manager"), backend.manager() as manager:
         manager.report({"step": 0}, checkpoint=source)
         manager.report({"step": 1})
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("committed checkpoint")]

@@ -22,8 +22,8 @@ import fsspec
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.storage import FsspecStorage, Timeouts
 from trainkeep.errors import ConfigError, StorageError
-from trainkeep.storage import FsspecStorage, Timeouts
 
 pytest.importorskip("s3fs")
 
@@ -149,7 +149,7 @@ def test_timeouts_reject_bad_values_naming_the_field():
 
 
 def test_fsspec_configuration_wins_over_our_client_defaults(monkeypatch):
-    from trainkeep.storage.resolution import s3_options
+    from trainkeep._internal.storage.resolution import s3_options
 
     monkeypatch.setitem(fsspec.config.conf, "s3", {"config_kwargs": {"read_timeout": 99}})
     options = s3_options(Timeouts(connect_s=3))["config_kwargs"]
@@ -161,7 +161,7 @@ def test_a_worker_gets_the_same_client_settings_as_the_driver(monkeypatch, moto_
     """A filesystem pickled to a worker process loses its attributes; storage_for sets them again."""
     import pickle
 
-    from trainkeep.storage import resolve, storage_for
+    from trainkeep._internal.storage import resolve, storage_for
 
     point_s3_at(monkeypatch, moto_endpoint)
     driver, _ = resolve(f"s3://tk-{uuid.uuid4().hex[:8]}/run")

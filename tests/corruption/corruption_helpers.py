@@ -17,8 +17,8 @@ from typing import Any
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME
 from trainkeep.cli.app import cli
-from trainkeep.layout import MANIFEST_NAME
 
 NEWEST, PREVIOUS = "checkpoint_000002", "checkpoint_000001"
 KEEP_ALL = tk.CheckpointConfig(checkpoint_score_attribute="loss", checkpoint_score_order="min")

@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import RUN_INDEX_NAME
+from trainkeep._internal.engine.corruption import mark_path
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli.app import cli
-from trainkeep.corruption import mark_path
-from trainkeep.layout import RUN_INDEX_NAME
-from trainkeep.run import read_run
-from trainkeep.storage import LocalStorage
 
 OLDEST = "checkpoint_000000"
 KEEP_ONE = tk.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="loss", checkpoint_score_order="min")

@@ -22,11 +22,11 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME, RUN_INDEX_NAME
+from trainkeep._internal.core.manifest import parse_run_index
+from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli.app import cli
-from trainkeep.layout import MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep.manifest import parse_run_index
-from trainkeep.run import read_run, verify_checkpoint
-from trainkeep.storage import LocalStorage
 
 Snapshot = Callable[[str], dict]
 CHECKPOINTS = ["checkpoint_000000", h.PREVIOUS, h.NEWEST]

@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME, RUN_INDEX_NAME
+from trainkeep._internal.core.manifest import parse_run_index
+from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli.app import cli
-from trainkeep.layout import MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep.manifest import parse_run_index
-from trainkeep.run import read_run, verify_checkpoint
-from trainkeep.storage import LocalStorage
 
 OLDEST = "checkpoint_000000"
 KEEP_TWO = tk.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="min")

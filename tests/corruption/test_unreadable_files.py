@@ -21,8 +21,8 @@ import corruption_helpers as h
 import pytest
 
 import trainkeep as tk
-from trainkeep.run import UNREADABLE, read_run, verify_checkpoint
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.engine.run import UNREADABLE, read_run, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 
 NOBODY = 65534
 OLDEST = "checkpoint_000000"

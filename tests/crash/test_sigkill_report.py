@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import trainkeep as tk
-from trainkeep.layout import INTERNAL_DIR, LOCK_NAME, MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.core.layout import INTERNAL_DIR, LOCK_NAME, MANIFEST_NAME, RUN_INDEX_NAME
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 
 CHILD = str(Path(__file__).with_name("sigkill_child.py"))
 CONFIG = {"num_to_keep": 2, "checkpoint_score_attribute": "score", "checkpoint_score_order": "max"}

@@ -21,7 +21,7 @@ from typing import Any
 import fsspec
 import pytest
 
-from trainkeep.storage import FsspecStorage, RetryPolicy, Storage
+from trainkeep._internal.storage import FsspecStorage, RetryPolicy, Storage
 from trainkeep.testing import scratch_dir
 
 _spec = importlib.util.spec_from_file_location(

@@ -17,9 +17,9 @@ import sys
 from typing import Any
 
 import trainkeep as tk
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.errors import StorageError
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
 from trainkeep.testing import Expectation, FaultyStorage, check_run
 
 PAGE = 4096

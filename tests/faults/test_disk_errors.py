@@ -27,9 +27,9 @@ import fault_loops  # tests/faults is on sys.path (pytest puts it there), and th
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.errors import StorageError
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
 from trainkeep.testing import Expectation, check_run, is_call_write, is_syscall_write
 from trainkeep.testing.injection import Faults, inject
 from trainkeep.testing.ioerrors import check_io_errors

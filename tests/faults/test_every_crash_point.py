@@ -40,11 +40,11 @@ from typing import Any
 import pytest
 
 import trainkeep as tk
-from trainkeep.config import CheckpointConfig
-from trainkeep.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage, Storage
-from trainkeep.storage.local import write_all
+from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage, Storage
+from trainkeep._internal.storage.local import write_all
 from trainkeep.testing import CrashPointReport, Cycle, Expectation, check_crash_points, check_run
 from trainkeep.testing.injection import Faults, inject
 
@@ -188,7 +188,7 @@ DIED = 77
 _CHILD = textwrap.dedent("""
     import json, os, sys, tempfile
     import trainkeep as tk
-    from trainkeep.storage import LocalStorage
+    from trainkeep._internal.storage import LocalStorage
 
     run_dir, plan = sys.argv[1], json.loads(sys.argv[2])
     seen = {}

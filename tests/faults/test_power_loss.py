@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import pytest
 
-from trainkeep.config import CheckpointConfig
+from trainkeep._internal.core.config import CheckpointConfig
 from trainkeep.testing import Cycle, FaultyStorage, is_sync
 from trainkeep.testing.powerloss import DiskModel, check_power_loss, sync_sites
 
@@ -62,7 +62,7 @@ def test_leaving_out_any_single_fsync_breaks_a_promise(upload: str, seed: int) -
 
 def test_the_disk_model_forgets_what_was_not_fsynced(scratch: str) -> None:
     """The oracle itself: a write is lost without fsync, a rename without a directory fsync; both kept after."""
-    from trainkeep.storage import LocalStorage
+    from trainkeep._internal.storage import LocalStorage
 
     root = os.path.join(scratch, "root")
     os.makedirs(os.path.join(root, "d"))

@@ -1,4 +1,4 @@
-"""The staged commit (trainkeep.commit.StagedCheckpoint) on the real filesystem: stage -> commit, stage -> abort,
+"""The staged commit (trainkeep._internal.engine.commit.StagedCheckpoint) on the real filesystem: stage -> commit, stage -> abort,
 which names may be staged, and that a staged checkpoint is committed or aborted exactly once."""
 
 from __future__ import annotations
@@ -11,12 +11,18 @@ from pathlib import Path
 import pytest
 
 import trainkeep as tk
-from trainkeep.commit import StagedCheckpoint
+from trainkeep._internal.core.layout import (
+    HISTORY_NAME,
+    INTERNAL_DIR,
+    MANIFEST_NAME,
+    RUN_INDEX_NAME,
+    intent_name,
+)
+from trainkeep._internal.core.manifest import FileEntry
+from trainkeep._internal.engine.commit import StagedCheckpoint
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.errors import CheckpointExistsError, InvalidCheckpointNameError, StorageError, TrainkeepError
-from trainkeep.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME, intent_name
-from trainkeep.manifest import FileEntry
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
 
 Snapshot = Callable[[str], dict]
 

@@ -20,10 +20,10 @@ import fsspec
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import FsspecStorage, LocalStorage, Storage, list_source_files
 from trainkeep.errors import UnsupportedCheckpointFileError
-from trainkeep.layout import MANIFEST_NAME
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import FsspecStorage, LocalStorage, Storage, list_source_files
 
 Snapshot = Callable[[str], dict]
 

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import trainkeep as tk
-from trainkeep.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.core.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 
 MakeSource = Callable[..., tk.Checkpoint]
 

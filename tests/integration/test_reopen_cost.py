@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import HISTORY_NAME, RUN_INDEX_NAME
+from trainkeep._internal.core.manifest import HistoryMark, history_line, parse_run_index
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli import cli
 from trainkeep.errors import CorruptRunError
-from trainkeep.layout import HISTORY_NAME, RUN_INDEX_NAME
-from trainkeep.manifest import HistoryMark, history_line, parse_run_index
-from trainkeep.run import read_run
-from trainkeep.storage import LocalStorage
 
 ROUNDS = 3000  # about 200 KiB of history: far more than the window read before the mark
 MakeSource = Callable[..., tk.Checkpoint]
@@ -268,7 +268,7 @@ FRAME_CASES: dict[str, list[dict[str, Any]]] = {
 def test_metrics_dataframe_is_the_same_by_either_reader(case: str, run_dir: str, make_source: MakeSource) -> None:
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")
-    from trainkeep.history import read_history_frame
+    from trainkeep._internal.engine.history import read_history_frame
 
     with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=1)) as manager:
         for i, metrics in enumerate(FRAME_CASES[case]):
@@ -287,7 +287,7 @@ def test_metrics_dataframe_is_the_same_by_either_reader(case: str, run_dir: str,
 
 def test_metrics_dataframe_reads_a_history_with_config_changes(run_dir: str) -> None:
     pytest.importorskip("pyarrow")
-    from trainkeep.history import read_history_frame
+    from trainkeep._internal.engine.history import read_history_frame
 
     for keep in (None, 3, 2):
         with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=keep)) as manager:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import trainkeep as tk
-from trainkeep.layout import HISTORY_NAME, RUN_INDEX_NAME
+from trainkeep._internal.core.layout import HISTORY_NAME, RUN_INDEX_NAME
 
 MakeSource = Callable[..., tk.Checkpoint]
 

@@ -8,7 +8,12 @@ import os
 import pytest
 
 import trainkeep as tk
-from trainkeep.trainable import Trainable, TrainableTrainer, checkpoint_iterations, should_stop
+from trainkeep._internal.trainer.trainable import (
+    Trainable,
+    TrainableTrainer,
+    checkpoint_iterations,
+    should_stop,
+)
 
 
 class Counter(Trainable):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.trainer.backends.launched import Hello
 from trainkeep._launch_env import read_launch_env
 from trainkeep.launch import place
-from trainkeep.trainer.backends.launched import Hello
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
             "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RESTART_COUNT": "2",

@@ -10,8 +10,8 @@ import pytest
 from launcher_helpers import listeners
 
 import trainkeep as tk
-from trainkeep.trainer.backends.launched import Hello, LaunchedWorkerGroup, Refused, connect
-from trainkeep.trainer.group import Exited, Message
+from trainkeep._internal.trainer.backends.launched import Hello, LaunchedWorkerGroup, Refused, connect
+from trainkeep._internal.trainer.group import Exited, Message
 
 KEY = b"k" * 32
 

@@ -30,8 +30,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME, TEMP_SUFFIX
 from trainkeep.errors import UnsupportedCheckpointFileError
-from trainkeep.layout import MANIFEST_NAME, TEMP_SUFFIX
 
 _SEED = os.environ.get("SEED")
 _SETTINGS = settings(max_examples=60, derandomize=_SEED is None, deadline=None,

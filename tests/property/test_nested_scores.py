@@ -22,8 +22,15 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import trainkeep as tk
-from trainkeep.metrics import MISSING, check_score, flatten, lookup, normalize_metrics, score_value
-from trainkeep.retention import Record, decide
+from trainkeep._internal.core.metrics import (
+    MISSING,
+    check_score,
+    flatten,
+    lookup,
+    normalize_metrics,
+    score_value,
+)
+from trainkeep._internal.core.retention import Record, decide
 
 _SEED = os.environ.get("SEED")
 _SETTINGS = settings(max_examples=400, derandomize=_SEED is None, deadline=None,

@@ -20,7 +20,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import trainkeep as tk
-from trainkeep.retention import Record, best_checkpoints, decide
+from trainkeep._internal.core.retention import Record, best_checkpoints, decide
 
 _SEED = os.environ.get("SEED")
 _SETTINGS = settings(max_examples=500, derandomize=_SEED is None, deadline=None,

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from trainkeep._internal.core.metrics import flatten, normalize_metrics
+from trainkeep._internal.core.validation_state import merge_validated
 from trainkeep.errors import InvalidMetricsError
-from trainkeep.metrics import flatten, normalize_metrics
-from trainkeep.validation_state import merge_validated
 
 _SEED = os.environ.get("SEED")
 _SETTINGS = settings(max_examples=300, derandomize=_SEED is None, deadline=None,

@@ -10,8 +10,7 @@ import sys
 import pytest
 
 import trainkeep as tk
-from trainkeep.torch import torch_envs
-from trainkeep.trainer.backends.placement import (
+from trainkeep._internal.trainer.backends.placement import (
     Landing,
     assign_ranks,
     check_fits,
@@ -19,8 +18,9 @@ from trainkeep.trainer.backends.placement import (
     visible_devices,
     worker_bundle,
 )
-from trainkeep.trainer.data_parallel import resolve_executor
-from trainkeep.trainer.protocol import Layout, Placement
+from trainkeep._internal.trainer.data_parallel import resolve_executor
+from trainkeep._internal.trainer.protocol import Layout, Placement
+from trainkeep.torch import torch_envs
 
 pytestmark = pytest.mark.ray
 

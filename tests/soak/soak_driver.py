@@ -19,9 +19,9 @@ from collections.abc import Callable
 import soak_loop
 
 import trainkeep as tk
-from trainkeep import manager as manager_module
-from trainkeep import opening as opening_module
-from trainkeep.retention import Decision, decide
+from trainkeep._internal.core.retention import Decision, decide
+from trainkeep._internal.engine import manager as manager_module
+from trainkeep._internal.engine import opening as opening_module
 
 
 def _delete_the_best() -> None:

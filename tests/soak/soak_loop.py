@@ -28,9 +28,9 @@ from typing import Any
 import xxhash
 
 import trainkeep as tk
+from trainkeep._internal.core.layout import MANIFEST_NAME
+from trainkeep._internal.core.manifest import parse_manifest
 from trainkeep.errors import CorruptRunError, IncompatibleRunError
-from trainkeep.layout import MANIFEST_NAME
-from trainkeep.manifest import parse_manifest
 
 CONFIG: dict[str, Any] = {"num_to_keep": 2, "checkpoint_score_attribute": "score", "checkpoint_score_order": "max"}
 FILE_SIZES = {0: {"model.bin": 3_000, "optim/state.bin": 1_500}, 1: {"shard_1.bin": 2_000}}

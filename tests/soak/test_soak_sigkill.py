@@ -10,7 +10,7 @@ checkpoint that a SYNC ``report()`` returned as committed, and what each attempt
 After every driver kill, and at the end, the parent reads the run without writing (``read_run``,
 ``verify_checkpoint``) and asserts:
 
-* Lost = 0: every logged-committed checkpoint that retention had no reason to delete (``trainkeep.retention``
+* Lost = 0: every logged-committed checkpoint that retention had no reason to delete (``trainkeep._internal.core.retention``
   over every checkpoint ever committed: the log, the history and the manifests) is present and verifies;
 * Corrupt = 0: every checkpoint present verifies and holds exactly the bytes and metrics the loop reported;
 * every restart resumed from the newest committed checkpoint (worker restarts: as rank 0 saw storage before its
@@ -43,10 +43,10 @@ import pytest
 import soak_loop
 
 import trainkeep as tk
-from trainkeep.layout import INTENT_PREFIX, INTERNAL_DIR, TEMP_SUFFIX
-from trainkeep.retention import Record, decide
-from trainkeep.run import read_manifest, read_run, verify_checkpoint
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.core.layout import INTENT_PREFIX, INTERNAL_DIR, TEMP_SUFFIX
+from trainkeep._internal.core.retention import Record, decide
+from trainkeep._internal.engine.run import read_manifest, read_run, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 
 DRIVER = str(Path(__file__).with_name("soak_driver.py"))
 CONFIG = tk.CheckpointConfig(**soak_loop.CONFIG)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import trainkeep as tk
-from trainkeep.storage import LocalStorage
-from trainkeep.storage.syscalls import SYSCALLS
+from trainkeep._internal.storage import LocalStorage
+from trainkeep._internal.storage.syscalls import SYSCALLS
 from trainkeep.testing import FaultyStorage, is_syscall_write
 from trainkeep.testing.injection import Faults, inject
 

@@ -10,8 +10,8 @@ import pytest
 import trainer_loops as loops
 
 import trainkeep as tk
-from trainkeep.run import read_run, verify_checkpoint
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 
 
 class Recorder(tk.UserCallback):
@@ -52,7 +52,7 @@ def test_after_report_gets_every_rank_s_metrics_and_the_committed_checkpoint(loo
 
 def test_a_raising_callback_is_logged_and_loses_no_round(loop_config, make_run, caplog):
     recorder = Recorder()
-    with caplog.at_level(logging.ERROR, logger="trainkeep.trainer.callbacks"):
+    with caplog.at_level(logging.ERROR, logger="trainkeep._internal.trainer.callbacks"):
         result = fit(loop_config, make_run(callbacks=[Raising(), recorder]))
 
     assert len(recorder.reports) == 3  # the callbacks after the raising one still run
@@ -106,7 +106,7 @@ def test_tensorboard_event_files_hold_every_report_and_a_resume_continues_them(l
 
 
 def test_nested_metrics_become_slash_joined_tags_and_non_numbers_are_skipped():
-    from trainkeep.trainer.callbacks import _scalars as leaves
+    from trainkeep._internal.trainer.callbacks import _scalars as leaves
 
     metrics = {"a": {"b": 1, "c": {"d": 2.5}}, "s": "text", "flag": True, "n": None, "x": 3}
     assert leaves(metrics) == [("a/b", 1.0), ("a/c/d", 2.5), ("x", 3.0)]
@@ -131,7 +131,7 @@ def test_tensorboard_files_of_a_run_on_s3_are_uploaded_into_the_run(s3_fs, loop_
 
 
 def _write_one_report(tmp_path, callback: tk.TensorBoardCallback) -> None:
-    from trainkeep.trainer.callbacks import TrainRunContext
+    from trainkeep._internal.trainer.callbacks import TrainRunContext
 
     context = TrainRunContext(tk.RunConfig(), None, tk.ScalingConfig(), str(tmp_path), None, True)
     for index, loss in enumerate([2.0, 1.5]):

@@ -16,8 +16,8 @@ import trainer_loops as loops
 from trainer_loops import read_log
 
 import trainkeep as tk
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
 
 
 def fit(config, run_config, fn=loops.train, workers=2):
@@ -182,7 +182,7 @@ def test_ray_s_error_classes_sort_failures_into_worker_and_controller_errors():
     """Ray Train's key-concepts error handling runs unchanged: WorkerGroupError or ControllerError."""
     import pickle
 
-    from trainkeep.trainer.failures import AttemptFailed
+    from trainkeep._internal.trainer.failures import AttemptFailed
 
     storage_error = tk.StorageError("commit", "/run/checkpoint_000001", OSError(5, "Input/output error"))
     controller = AttemptFailed(storage_error, True).to_training_error(1, 0)

@@ -70,7 +70,7 @@ def test_an_application_that_configured_logging_gets_each_line_once_through_its_
     lines = _run(tmp_path, "configured")
     assert not any(line.startswith("trainkeep ") for line in lines)
     resumes = [line for line in lines if "resuming run" in line]
-    assert len(resumes) == 1 and resumes[0].startswith("APP trainkeep.trainer.data_parallel: resuming run")
+    assert len(resumes) == 1 and resumes[0].startswith("APP trainkeep._internal.trainer.data_parallel: resuming run")
 
 
 INTERRUPTED = '''

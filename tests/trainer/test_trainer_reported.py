@@ -8,7 +8,7 @@ import api_loops as loops
 import pytest
 
 import trainkeep as tk
-from trainkeep.trainer import reported
+from trainkeep._internal.trainer import reported
 
 
 def fit(fn, config, run_config, workers=2, trainer=tk.DataParallelTrainer):

@@ -13,11 +13,12 @@ import os
 import pytest
 
 import trainkeep as tk
-from trainkeep.layout import MANIFEST_NAME
-from trainkeep.manifest import FileEntry
-from trainkeep.run import read_manifest, verify_checkpoint
-from trainkeep.storage import LocalStorage
-from trainkeep.trainer.rounds import Arrival, InconsistentReportError, Round, assign_paths
+from trainkeep._internal.core.layout import MANIFEST_NAME
+from trainkeep._internal.core.manifest import FileEntry
+from trainkeep._internal.engine.run import read_manifest, verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
+from trainkeep._internal.trainer.rounds import Arrival, Round, assign_paths
+from trainkeep.errors import InconsistentReportError
 
 
 def arrival(rank, has_checkpoint=True, dir_name=None, files=("a",), mode="SYNC"):
@@ -26,7 +27,7 @@ def arrival(rank, has_checkpoint=True, dir_name=None, files=("a",), mode="SYNC")
 
 def outcome(arrivals):
     """Return the round's checkpoint name, or the error text, after adding ``arrivals`` in order."""
-    rnd = Round(0, 7, 0.0)
+    rnd = Round(7, 0.0)
     try:
         for a in arrivals:
             rnd.add(a)
@@ -56,16 +57,19 @@ def test_the_outcome_does_not_depend_on_the_order_of_arrival(arrivals, expected)
     assert {outcome(list(order)) for order in itertools.permutations(arrivals)} == {expected}
 
 
-def test_the_first_checkpoint_of_a_round_is_the_one_that_stages_it():
-    rnd = Round(0, 0, 0.0)
-    assert rnd.add(arrival(1, False)) is False
-    assert rnd.add(arrival(2, files=["b"])) is True
-    assert rnd.add(arrival(0, files=["a"])) is False
+def test_the_first_rank_with_a_checkpoint_names_the_round():
+    rnd = Round(0, 0.0)
+    rnd.add(arrival(1, False))
+    assert rnd.name is None
+    rnd.add(arrival(2, files=["b"]))
+    assert (rnd.name, rnd.name_rank) == ("checkpoint_000000", 2)
+    rnd.add(arrival(0, files=["a"]))
+    assert rnd.name_rank == 2
     assert rnd.is_complete(3) and rnd.missing(4) == [3]
 
 
 def test_a_file_that_is_a_directory_of_another_rank_names_the_path_and_both_ranks():
-    rnd = Round(0, 3, 0.0)
+    rnd = Round(3, 0.0)
     rnd.add(arrival(2, files=["ok", "model/w.pt"]))
     with pytest.raises(InconsistentReportError, match=r"'model' .*round 3.* file for one of ranks 0 and 2"):
         rnd.add(arrival(0, files=["model"]))
@@ -80,7 +84,7 @@ def test_each_path_is_assigned_to_the_lowest_rank_that_passes_it():
 @pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
 def test_a_rank_learns_its_share_once_every_lower_rank_arrived(order):
     files = {0: ["m", "a"], 1: ["m", "b"], 2: None, 3: ["m", "b", "d"]}  # rank 2 passes no checkpoint
-    rnd, sent = Round(0, 0, 0.0), {}
+    rnd, sent = Round(0, 0.0), {}
     for rank in order:
         rnd.add(arrival(rank, files is not None and files[rank] is not None, files=files[rank]))
         if files[rank] is not None:
@@ -97,11 +101,11 @@ def _entry(path, data):
 
 
 def test_differing_copies_log_one_warning_naming_the_file_and_the_ranks(caplog):
-    rnd = Round(0, 5, 0.0)
+    rnd = Round(5, 0.0)
     for rank in (2, 0):
         rnd.add(arrival(rank, files=["model.pt", f"shard_{rank}", "same.txt"]))
     rnd.uploads = {0, 2}
-    with caplog.at_level(logging.WARNING, logger="trainkeep.trainer.rounds"):
+    with caplog.at_level(logging.WARNING, logger="trainkeep._internal.trainer.rounds"):
         rnd.record_upload(0, [_entry("model.pt", b"A"), _entry("shard_0", b"0"), _entry("same.txt", b"s")])
         rnd.record_upload(2, [_entry("shard_2", b"2")], [_entry("model.pt", b"C"), _entry("same.txt", b"s")])
         assert caplog.records == []  # rank 1 may still pass model.pt: not every rank arrived
@@ -118,13 +122,13 @@ def test_differing_copies_log_one_warning_naming_the_file_and_the_ranks(caplog):
 
 
 def test_copies_all_in_before_the_last_arrival_are_compared_when_it_arrives(caplog):
-    rnd = Round(0, 0, 0.0)
+    rnd = Round(0, 0.0)
     for rank in (0, 1):
         rnd.add(arrival(rank, files=["m"]))
     rnd.record_upload(0, [_entry("m", b"A")])
     rnd.record_upload(1, [], [_entry("m", b"B")])
     rnd.add(arrival(2, False))
-    with caplog.at_level(logging.WARNING, logger="trainkeep.trainer.rounds"):
+    with caplog.at_level(logging.WARNING, logger="trainkeep._internal.trainer.rounds"):
         rnd.check_names()
     assert len(caplog.records) == 1 and "'m'" in caplog.records[0].getMessage()
     assert "ranks 0, 1 with different content (rank 1 differs" in caplog.records[0].getMessage()

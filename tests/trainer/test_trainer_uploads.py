@@ -11,9 +11,9 @@ import trainer_loops as loops
 from trainer_loops import read_log
 
 import trainkeep as tk
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
-from trainkeep.trainer.uploader import AsyncUploader
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
+from trainkeep._internal.trainer.uploader import AsyncUploader
 
 
 def fit(config, run_config, fn=loops.train, workers=2):

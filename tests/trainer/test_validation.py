@@ -16,8 +16,7 @@ import time
 import pytest
 
 import trainkeep as tk
-from trainkeep.errors import CorruptRunError
-from trainkeep.manifest import (
+from trainkeep._internal.core.manifest import (
     IndexEntry,
     Manifest,
     RunIndex,
@@ -25,9 +24,10 @@ from trainkeep.manifest import (
     parse_history,
     parse_run_index,
 )
-from trainkeep.run import verify_checkpoint
-from trainkeep.storage import LocalStorage
-from trainkeep.validation_state import merge_validated
+from trainkeep._internal.core.validation_state import merge_validated
+from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.storage import LocalStorage
+from trainkeep.errors import CorruptRunError
 
 # ---------------------------------------------------------------------------------------------- functions
 

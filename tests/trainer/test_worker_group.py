@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 import trainkeep as tk
-from trainkeep.manager import CheckpointManager
-from trainkeep.manifest import FileEntry
-from trainkeep.trainer import protocol as p
-from trainkeep.trainer.backends.local import LocalWorkerGroup
-from trainkeep.trainer.controller import Controller
-from trainkeep.trainer.data_parallel import local_thread_env
-from trainkeep.trainer.failures import AttemptFailed
-from trainkeep.trainer.group import Event, Exited, Message, WorkerGroup
+from trainkeep._internal.core.manifest import FileEntry
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.trainer import protocol as p
+from trainkeep._internal.trainer.backends.local import LocalWorkerGroup
+from trainkeep._internal.trainer.controller import Controller
+from trainkeep._internal.trainer.data_parallel import local_thread_env
+from trainkeep._internal.trainer.failures import AttemptFailed
+from trainkeep._internal.trainer.group import Event, Exited, Message, WorkerGroup
 
 Script = Callable[[int, Any], list[Any]]  # (rank, message from the driver) -> what the rank answers
 
@@ -96,7 +96,7 @@ def _two_rounds(run_dir: Path, die: bool = False) -> Script:
 
 
 def _sha256(path: str) -> str:
-    from trainkeep.storage import LocalStorage
+    from trainkeep._internal.storage import LocalStorage
 
     return LocalStorage().checksum(path)[1]
 
@@ -146,20 +146,20 @@ def test_the_trainer_package_imports_nothing_above_it() -> None:
     imports trainer/ back; the public session functions stay reachable from the root."""
     import ast
 
-    import trainkeep.trainer
+    import trainkeep._internal.trainer
 
-    root = Path(trainkeep.trainer.__file__).parent
+    root = Path(trainkeep._internal.trainer.__file__).parent
     offenders = []
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import) and any(alias.name == "trainkeep" for alias in node.names):
                 offenders.append(f"{path.name}: import trainkeep")
-            elif isinstance(node, ast.ImportFrom) and node.module in ("trainkeep", "trainkeep.session"):
+            elif isinstance(node, ast.ImportFrom) and node.module in ("trainkeep", "trainkeep._internal.trainer.session"):
                 offenders.append(f"{path.name}: from {node.module} import ...")
     assert offenders == []
     assert (tk.report, tk.get_checkpoint, tk.get_context) == (
-        trainkeep.trainer.session.report, trainkeep.trainer.session.get_checkpoint,
-        trainkeep.trainer.session.get_context)
+        trainkeep._internal.trainer.session.report, trainkeep._internal.trainer.session.get_checkpoint,
+        trainkeep._internal.trainer.session.get_context)
 
 
 def test_resources_per_worker_cpu_sets_each_worker_s_thread_counts(loop_config, make_run) -> None:
@@ -184,7 +184,7 @@ def test_resources_the_local_executor_cannot_honour_are_refused_naming_the_execu
 def test_a_ctrl_c_during_event_handling_is_delivered_after_it_not_inside() -> None:
     import signal
 
-    from trainkeep.trainer.interrupt import deferred_sigint
+    from trainkeep._internal.trainer.interrupt import deferred_sigint
 
     steps = []
     with pytest.raises(KeyboardInterrupt):

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 import trainkeep as tk
-from trainkeep.config import default_run_name
+from trainkeep._internal.core.config import default_run_name
 
 
 def _assert_refused(exc: pytest.ExceptionInfo, builtin: type, *fragments: str) -> None:

@@ -11,7 +11,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import trainkeep as tk
-from trainkeep.layout import (
+from trainkeep._internal.core.layout import (
     MAX_FILE_NAME_BYTES,
     MAX_FILE_PATH_BYTES,
     MAX_NAME_LENGTH,
@@ -24,7 +24,7 @@ from trainkeep.layout import (
     validate_relative_path,
     validate_run_name,
 )
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.storage import LocalStorage
 
 RUN = "/storage/runs/exp"
 

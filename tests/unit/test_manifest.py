@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import trainkeep as tk
-from trainkeep.manifest import (
+from trainkeep._internal.core.manifest import (
     CONFIG_CHANGE_KIND,
     RUN_INDEX_VERSION,
     SCHEMA_VERSION,

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 import trainkeep as tk
-from trainkeep.metrics import MISSING, as_float, check_score, flatten, lookup, normalize_metrics, score_value
+from trainkeep._internal.core.metrics import (
+    MISSING,
+    as_float,
+    check_score,
+    flatten,
+    lookup,
+    normalize_metrics,
+    score_value,
+)
 
 
 def test_numpy_scalars_and_0d_arrays_become_python_numbers() -> None:

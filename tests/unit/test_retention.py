@@ -7,7 +7,7 @@ import math
 import pytest
 
 import trainkeep as tk
-from trainkeep.retention import Record, best_checkpoints, decide, decide_corrupt, rank
+from trainkeep._internal.core.retention import Record, best_checkpoints, decide, decide_corrupt, rank
 
 
 def _records(*scores: object, attribute: str = "score") -> list[Record]:

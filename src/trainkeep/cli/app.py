@@ -10,19 +10,19 @@ from typing import Any
 
 import click
 
-from trainkeep import __version__
+from trainkeep._version import __version__
 from trainkeep.cli.common import (
     EXIT_INTERNAL,
     EXIT_LOCKED,
     EXIT_NOT_FOUND,
     EXIT_STORAGE,
     EXIT_USAGE,
-    CliError,
 )
 from trainkeep.cli.listing import best_command, ls_command, runs_command, show_command
 from trainkeep.cli.maintain import prune_command, verify_command
 from trainkeep.cli.plot import plot_command
 from trainkeep.errors import (
+    CliError,
     ConfigError,
     ConfigTypeError,
     CorruptRunError,

@@ -20,15 +20,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from trainkeep.config import CheckpointConfig
-from trainkeep.corruption import records_of
+from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.layout import INTERNAL_DIR, LOCK_NAME, RUN_INDEX_NAME
+from trainkeep._internal.core.manifest import parse_run_index
+from trainkeep._internal.core.metrics import MISSING, flatten, lookup, score_value
+from trainkeep._internal.core.retention import Record
+from trainkeep._internal.engine.corruption import records_of
+from trainkeep._internal.engine.run import RunState, read_run
+from trainkeep._internal.storage import LocalStorage, Storage, resolve
 from trainkeep.errors import ConfigError, ConfigTypeError, CorruptRunError, RunLockedError
-from trainkeep.layout import INTERNAL_DIR, LOCK_NAME, RUN_INDEX_NAME
-from trainkeep.manifest import parse_run_index
-from trainkeep.metrics import MISSING, flatten, lookup, score_value
-from trainkeep.retention import Record
-from trainkeep.run import RunState, read_run
-from trainkeep.storage import LocalStorage, Storage, resolve
 
 # Exit codes (documented in docs/cli.md).
 EXIT_OK = 0
@@ -41,14 +41,6 @@ EXIT_MISSING_EXTRA = 6  # an optional dependency (matplotlib for plot) is not in
 EXIT_INTERNAL = 70  # a bug in trainkeep; --debug shows the traceback
 
 MAX_METRICS_SHOWN = 4
-
-
-class CliError(Exception):
-    """An error the command reports as one line on stderr, with its own exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass

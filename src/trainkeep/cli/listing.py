@@ -9,11 +9,17 @@ from typing import Any
 import click
 from rich.table import Table
 
+from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.layout import METADATA_NAME, validate_checkpoint_name
+from trainkeep._internal.core.manifest import CHECKSUM_ALGORITHM
+from trainkeep._internal.core.metrics import flatten
+from trainkeep._internal.core.retention import best_checkpoints, decide, rank
+from trainkeep._internal.engine.run import is_run, read_manifest, read_run
+from trainkeep._internal.storage import Storage, resolve
 from trainkeep.cli.common import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_USAGE,
-    CliError,
     RunView,
     display_path,
     emit_json,
@@ -31,14 +37,7 @@ from trainkeep.cli.common import (
     score_of,
     table,
 )
-from trainkeep.config import CheckpointConfig
-from trainkeep.errors import TrainkeepError
-from trainkeep.layout import METADATA_NAME, validate_checkpoint_name
-from trainkeep.manifest import CHECKSUM_ALGORITHM
-from trainkeep.metrics import flatten
-from trainkeep.retention import best_checkpoints, decide, rank
-from trainkeep.run import is_run, read_manifest, read_run
-from trainkeep.storage import Storage, resolve
+from trainkeep.errors import CliError, TrainkeepError
 
 logger = logging.getLogger(__name__)
 

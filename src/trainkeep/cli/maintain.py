@@ -8,12 +8,18 @@ from typing import Any
 
 import click
 
+from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.layout import MANIFEST_NAME, validate_checkpoint_name
+from trainkeep._internal.core.manifest import IndexEntry
+from trainkeep._internal.core.retention import Decision, decide, decide_corrupt
+from trainkeep._internal.engine.corruption import clear_mark, write_mark
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.engine.run import Problem, corrupt_reason, verify_checkpoint
 from trainkeep.cli.common import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_STORAGE,
     EXIT_USAGE,
-    CliError,
     RunView,
     emit_json,
     format_value,
@@ -28,13 +34,7 @@ from trainkeep.cli.common import (
     table,
 )
 from trainkeep.cli.listing import JSON_OPTION
-from trainkeep.config import CheckpointConfig
-from trainkeep.corruption import clear_mark, write_mark
-from trainkeep.layout import MANIFEST_NAME, validate_checkpoint_name
-from trainkeep.manager import CheckpointManager
-from trainkeep.manifest import IndexEntry
-from trainkeep.retention import Decision, decide, decide_corrupt
-from trainkeep.run import Problem, corrupt_reason, verify_checkpoint
+from trainkeep.errors import CliError
 
 logger = logging.getLogger(__name__)
 

@@ -14,18 +14,18 @@ from typing import Any
 
 import click
 
+from trainkeep._internal.core.metrics import as_float, lookup
+from trainkeep._internal.core.retention import rank
 from trainkeep.cli.common import (
     EXIT_FAILED,
     EXIT_MISSING_EXTRA,
     EXIT_USAGE,
-    CliError,
     RunView,
     has_score,
     metric_names,
     open_run,
 )
-from trainkeep.metrics import as_float, lookup
-from trainkeep.retention import rank
+from trainkeep.errors import CliError
 
 FORMATS = (".png", ".svg", ".pdf", ".html")
 

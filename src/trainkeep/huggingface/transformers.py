@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from trainkeep.integrations.transformers import (
+from trainkeep._internal.integrations.transformers import (
     RayTrainReportCallback,
     TrainkeepReportCallback,
     prepare_trainer,

@@ -3,7 +3,7 @@
 :func:`check_crash_points` is what a user's pytest calls to run the check against their own storage::
 
     from trainkeep.testing import Cycle, check_crash_points
-    from trainkeep.storage import FsspecStorage
+    from trainkeep._internal.storage import FsspecStorage
 
     def test_my_store_survives_every_crash(tmp_path):
         report = check_crash_points(lambda: FsspecStorage(my_fs()), "bucket/runs", Cycle(), scratch=str(tmp_path))
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from trainkeep.layout import LOCK_NAME
-from trainkeep.storage import Storage
+from trainkeep._internal.core.layout import LOCK_NAME
+from trainkeep._internal.storage import Storage
 from trainkeep.testing.cycle import Cycle, copy_run
 from trainkeep.testing.faults import FaultyStorage, Op, SimulatedCrash
 from trainkeep.testing.invariants import check_run

@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkeep.checkpoint import Checkpoint
-from trainkeep.config import CheckpointConfig
-from trainkeep.layout import LOCK_NAME, default_checkpoint_name
-from trainkeep.manager import CheckpointManager
-from trainkeep.manifest import FileEntry
-from trainkeep.retention import Record, decide
-from trainkeep.storage import Storage, list_source_files
+from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.layout import LOCK_NAME, default_checkpoint_name
+from trainkeep._internal.core.manifest import FileEntry
+from trainkeep._internal.core.retention import Record, decide
+from trainkeep._internal.engine.checkpoint import Checkpoint
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.storage import Storage, list_source_files
 from trainkeep.testing.faults import FaultyStorage, Op
 from trainkeep.testing.invariants import Expectation
 
@@ -138,7 +138,7 @@ def report_async(manager: CheckpointManager, storage: Storage, metrics: dict[str
 
     Raises what the upload or the commit raised; a failed upload leaves its staged directory to the sweep.
     """
-    from trainkeep.trainer.uploader import AsyncUploader
+    from trainkeep._internal.trainer.uploader import AsyncUploader
 
     clean, _ = manager.validate_report(metrics, None, None)
     staged = manager.stage(default_checkpoint_name(manager.next_round))

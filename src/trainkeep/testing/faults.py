@@ -1,9 +1,9 @@
 """FaultyStorage: wrap any Storage to count, record, kill, crash or fail its operations.
 
 An *operation* is one call of the Storage surface (``write_atomic``, ``put_tree``, ``listdir``, ...) and, when
-the wrapped storage is a :class:`~trainkeep.storage.LocalStorage`, also one of the system calls through which
+the wrapped storage is a :class:`~trainkeep._internal.storage.LocalStorage`, also one of the system calls through which
 it changes the disk (``create``, ``write``, ``copy``, ``fsync``, ``rename``, ``unlink``, ``mkdir``, directory
-``fsync``...; see ``trainkeep/storage/syscalls.py``). Operations are numbered from 1 in the order they start;
+``fsync``...; see ``trainkeep/_internal/storage/syscalls.py``). Operations are numbered from 1 in the order they start;
 that number is what ``kill_before``, ``crash_before`` and ``fail_at`` refer to.
 """
 
@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from trainkeep._internal.storage.base import PutResult, Storage
+from trainkeep._internal.storage.local import LocalStorage
+from trainkeep._internal.storage.locking import RunLock
 from trainkeep.errors import StorageError
-from trainkeep.storage.base import PutResult, Storage
-from trainkeep.storage.local import LocalStorage
-from trainkeep.storage.locking import RunLock
+from trainkeep.testing.ops import Op
 
 WRITE_CALLS = frozenset({"makedirs", "write_atomic", "append", "truncate", "delete_file", "delete_tree",
                          "sync_dir", "put_tree", "lock", "release"})
@@ -36,37 +37,6 @@ class SimulatedCrash(BaseException):
     A BaseException, so that no ``except Exception`` of the code under test can swallow it; once raised, every
     later operation of the same wrapper raises it again, so that no clean-up code can touch storage either.
     """
-
-
-@dataclass
-class Op:
-    """One storage operation, as recorded by FaultyStorage.
-
-    ``level`` is "call" (a Storage method) or "syscall"; ``index`` its 1-based number (0 for a mark, which is
-    not an operation); ``returned_at`` the number of operations started when a call returned (None while it
-    runs, or when it raised); ``data`` the bytes a write put on disk (recorded with ``record_data``).
-    """
-
-    level: str
-    name: str
-    path: str
-    dest: str = ""
-    index: int = 0
-    fd: int = -1
-    offset: int = -1
-    size: int = -1
-    data: bytes | None = None
-    site: tuple[str, ...] = ()
-    returned_at: int | None = None
-    dropped: bool = False
-    error: str = ""
-    pid: int = 0
-    partial: int = 0  # an errno to raise after writing half of the data (a disk that fills up mid-write)
-
-    def __str__(self) -> str:
-        where = f"{self.path} -> {self.dest}" if self.dest else self.path
-        flags = " (dropped)" if self.dropped else f" (failed: {self.error})" if self.error else ""
-        return f"#{self.index} {self.level} {self.name} {where}{flags}"
 
 
 def is_write(op: Op) -> bool:

@@ -25,8 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import TypeVar
 
+from trainkeep._internal.storage import Storage
 from trainkeep.errors import ConfigError, ConfigTypeError
-from trainkeep.storage import Storage
 from trainkeep.testing.faults import FaultyStorage, Op, is_call_write, is_syscall_write, is_write
 
 _AMONG = {"write": is_write, "syscall_write": is_syscall_write, "call_write": is_call_write}
@@ -76,7 +76,7 @@ def inject(trainer: T, faults: Faults) -> T:
     Raises:
         ConfigTypeError (a TypeError) when ``trainer`` is not a trainkeep trainer or ``faults`` not a Faults.
     """
-    from trainkeep.trainer import DataParallelTrainer
+    from trainkeep._internal.trainer import DataParallelTrainer
 
     if not isinstance(trainer, DataParallelTrainer):
         raise ConfigTypeError(f"inject() needs a trainkeep.DataParallelTrainer (or subclass), got {trainer!r}")

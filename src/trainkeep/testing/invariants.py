@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from trainkeep.config import CheckpointConfig
-from trainkeep.errors import CorruptRunError, IncompatibleRunError
-from trainkeep.layout import (
+from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.layout import (
     HISTORY_NAME,
     INTERNAL_DIR,
     LOCK_NAME,
@@ -21,10 +20,11 @@ from trainkeep.layout import (
     TEMP_SUFFIX,
     is_reserved_file,
 )
-from trainkeep.manager import CheckpointManager
-from trainkeep.manifest import Manifest, parse_run_index
-from trainkeep.run import HISTORY_PARTS_NAME, read_manifest
-from trainkeep.storage import Storage
+from trainkeep._internal.core.manifest import Manifest, parse_run_index
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.engine.run import HISTORY_PARTS_NAME, read_manifest
+from trainkeep._internal.storage import Storage
+from trainkeep.errors import CorruptRunError, IncompatibleRunError
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from trainkeep.checkpoint import Checkpoint
-from trainkeep.config import CheckpointConfig
+from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.layout import MANIFEST_NAME
+from trainkeep._internal.engine.checkpoint import Checkpoint
+from trainkeep._internal.engine.manager import CheckpointManager
+from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.storage import Storage
 from trainkeep.errors import StorageError
-from trainkeep.layout import MANIFEST_NAME
-from trainkeep.manager import CheckpointManager
-from trainkeep.run import read_run, verify_checkpoint
-from trainkeep.storage import Storage
 from trainkeep.testing.cycle import Cycle, copy_run, metrics_for
 from trainkeep.testing.faults import FaultyStorage, Op, is_sync, is_write
 from trainkeep.testing.invariants import Expectation, check_run

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from trainkeep.storage import LocalStorage
+from trainkeep._internal.storage import LocalStorage
 from trainkeep.testing.cycle import Cycle, scratch_dir
 from trainkeep.testing.faults import FaultyStorage, Op, is_sync
 from trainkeep.testing.invariants import Expectation, check_run

@@ -12,12 +12,10 @@ import errno as _errno
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from trainkeep.storage.syscalls import CopyChunk, Syscalls
-
-if TYPE_CHECKING:
-    from trainkeep.testing.faults import FaultyStorage, Op
+from trainkeep._internal.storage.syscalls import CopyChunk, Syscalls
+from trainkeep.testing.ops import Op, Recorder
 
 T = TypeVar("T")
 
@@ -29,14 +27,12 @@ class FaultySyscalls(Syscalls):
     when put_tree copies several files in parallel threads.
     """
 
-    def __init__(self, owner: FaultyStorage, real: Syscalls) -> None:
+    def __init__(self, owner: Recorder, real: Syscalls) -> None:
         self.owner, self.real = owner, real
         self._paths: dict[int, str] = {}
 
     def _do(self, name: str, path: str, fn: Callable[[], T], partial: Callable[[], Any] | None = None,
             **fields: Any) -> tuple[Op, T | None]:
-        from trainkeep.testing.faults import Op
-
         with self.owner.mutex:
             op = self.owner.enter(Op("syscall", name, path, **fields))
             if op.dropped:

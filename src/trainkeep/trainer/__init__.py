@@ -1,5 +1,0 @@
-"""Trainers that run a training function on a group of worker processes: DataParallelTrainer."""
-
-from trainkeep.trainer.data_parallel import DataParallelTrainer
-
-__all__ = ["DataParallelTrainer"]
