@@ -10,6 +10,7 @@ import random
 import pytest
 
 import trainkeep as tk
+from trainkeep._internal.core.manifest import parse_history
 from trainkeep._internal.storage import FsspecStorage
 from trainkeep._internal.storage.parts import PartLog, parse_span
 
@@ -78,9 +79,9 @@ def test_an_interrupted_merge_loses_nothing_and_is_cleaned_up(backend, small_fan
         storage.write_atomic(f"{log}.parts/{i:010d}-{i:010d}.jsonl", row)
     storage.write_atomic(f"{log}.parts/{0:010d}-{3:010d}.jsonl", b"".join(rows[:4]))  # ...and its result
     base, parts = storage.read_log(log)
-    history, _ = tk.manifest.parse_history(base, parts)
+    history, _ = parse_history(base, parts)
     assert [row["round"] for row in history] == [0, 1, 2, 3]
     storage.append(log, rows[4], durable=True)  # the next writer deletes the covered sources
     assert sorted(storage.listdir(f"{log}.parts")) == ["0000000000-0000000003.jsonl", "0000000004-0000000004.jsonl"]
     base, parts = storage.read_log(log)
-    assert [row["round"] for row in tk.manifest.parse_history(base, parts)[0]] == [0, 1, 2, 3, 4]
+    assert [row["round"] for row in parse_history(base, parts)[0]] == [0, 1, 2, 3, 4]

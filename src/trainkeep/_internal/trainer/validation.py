@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+import trainkeep.errors
 from trainkeep._internal.core.config import ValidationConfig, ValidationTaskConfig
 from trainkeep._internal.core.metrics import check_score, normalize_metrics
 from trainkeep._internal.engine.checkpoint import Checkpoint
@@ -289,7 +290,7 @@ def _read_result(result_path: str, returncode: int) -> tuple[ValidationStatus, d
     return ValidationStatus.VALIDATION_FAILED, {}, str(result.get("error"))
 
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(trainkeep.errors.__file__)))
 _BOOTSTRAP = ("import sys; from trainkeep._internal.trainer.validation import run_child; "
               "run_child(sys.argv[1], int(sys.argv[2]))")
 

@@ -25,6 +25,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import trainkeep.errors
 from trainkeep._internal.trainer.group import Event, Exited, Message, WorkerGroup
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ _BOOTSTRAP = "from trainkeep._internal.trainer.worker import main; main()"
 
 
 # the directory that holds the trainkeep package, put first on the workers' PYTHONPATH
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(trainkeep.errors.__file__)))
 
 
 class _Worker:
