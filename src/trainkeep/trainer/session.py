@@ -26,7 +26,7 @@ from trainkeep.storage import list_source_files, storage_for
 from trainkeep.storage.fastcopy import hash_file
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.failures import pack_exception
-from trainkeep.trainer.uploader import AsyncUploader
+from trainkeep.trainer.uploader import AsyncUploader, Inbox
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Session:
         self._reports = 0
         self._send_lock = threading.Lock()
         self._uploader: AsyncUploader | None = None
+        self._inbox: Inbox | None = None
         self.bad_input: BaseException | None = None
 
     # ------------------------------------------------------------------------------------------ report
@@ -134,11 +135,10 @@ class Session:
         self._send(p.Announce(plan.metrics if self.rank == 0 else None, plan.has_checkpoint, plan.files,
                               plan.dir_name, plan.mode.value))
         if plan.files is not None:
-            dest = self._recv(p.Dest)
-            if plan.mode is CheckpointUploadMode.ASYNC:
-                self._async_uploader().submit((k, plan, dest))
+            if plan.mode is CheckpointUploadMode.ASYNC:  # the uploader thread waits for the Dest, not this one
+                self._async_uploader().submit((k, plan))
                 return
-            self._upload((k, plan, dest))
+            self._upload((k, plan))
         # 4. Wait for every rank (ASYNC) or for the commit and retention (SYNC, NO_UPLOAD).
         self._recv(p.Released if plan.mode is CheckpointUploadMode.ASYNC else p.Done)
 
@@ -201,8 +201,8 @@ class Session:
             return False
         return True
 
-    def _upload(self, job: tuple[int, _Plan, p.Dest]) -> None:
-        """Copy this rank's share of its files into the staged directory, drop the local source if asked, tell the driver.
+    def _upload(self, job: tuple[int, _Plan]) -> None:
+        """Learn where round k's files go; copy this rank's share there, drop the local source if asked, tell the driver.
 
         The files outside the share (a lower rank uploads the same path) are only checksummed, so that the driver
         can warn when the copies differ.
@@ -210,8 +210,9 @@ class Session:
         If the worker dies inside, the staged directory holds part of the files and no manifest: the driver
         sweeps it when it discards the round (or the next open of the run does).
         """
-        k, plan, dest = job
+        k, plan = job
         assert plan.src is not None and plan.files is not None
+        dest = self._dest(k)
         share = plan.files if dest.files is None else dest.files
         # handing the files over (a rename on the same filesystem) is how a source that goes away is uploaded
         entries = self._storage.put_tree(plan.src, dest.path, share, move=plan.delete_src).entries if share else []
@@ -226,12 +227,25 @@ class Session:
 
     def _async_uploader(self) -> AsyncUploader:
         if self._uploader is None:
+            self._inbox = Inbox(self._conn)  # from now on one thread receives, for both waiting threads
             self._uploader = AsyncUploader(self._upload, self._report_upload_failure)
         return self._uploader
 
+    def _dest(self, k: int) -> p.Dest:
+        """Wait for the driver to say where the files of round ``k`` go (the training or the uploader thread)."""
+        if self._inbox is None:
+            return self._recv(p.Dest)
+        try:
+            return self._inbox.dest(k)
+        except EOFError:
+            raise SessionError("the driver of this run is gone; stopping this worker") from None
+
     def _report_upload_failure(self, exc: BaseException) -> None:
         data, text = pack_exception(exc)
-        self._send(p.Failed(data, text, False))
+        try:
+            self._send(p.Failed(data, text, False))
+        except OSError:  # the driver is gone (the error may be just that): the training thread learns it too
+            logger.debug("could not tell the driver of the upload failure %r", exc)
 
     # ------------------------------------------------------------------------------------------ the rest
 
@@ -262,7 +276,7 @@ class Session:
 
     def _recv(self, kind: type) -> Any:
         try:
-            message = self._conn.recv()
+            message = self._conn.recv() if self._inbox is None else self._inbox.reply()
         except EOFError:
             raise SessionError("the driver of this run is gone; stopping this worker") from None
         if not isinstance(message, kind):

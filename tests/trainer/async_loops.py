@@ -1,0 +1,33 @@
+"""Training functions for tests/trainer/test_async_handover.py, importable by name in the worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import trainkeep as tk
+from trainer_loops import write_checkpoint
+
+
+def rank_1_runs_ahead(config: dict[str, Any]) -> None:
+    """Rank 1 reports two ASYNC checkpoints, then leaves a marker; rank 0 reports only once it sees the marker.
+
+    Rank 1's files go where rank 0's share leaves them, decided when rank 0 reaches the round, so the marker
+    appears only if an ASYNC report() returns before the driver answers.
+    """
+    rank = tk.get_context().get_world_rank()
+    marker = os.path.join(config["tmp"], "rank_1_ahead")
+    if rank == 1:
+        for epoch in range(2):
+            tk.report({"epoch": epoch}, checkpoint=write_checkpoint(config, 1, epoch),
+                      checkpoint_upload_mode=tk.CheckpointUploadMode.ASYNC)
+        open(marker, "w").close()
+        return
+    deadline = time.monotonic() + config["wait_s"]
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank 1 did not get past its ASYNC reports within {config['wait_s']} s")
+        time.sleep(0.01)
+    for epoch in range(2):
+        tk.report({"epoch": epoch})
