@@ -113,6 +113,7 @@ class Session:
         self._send_lock = threading.Lock()
         self._uploader: AsyncUploader | None = None
         self._inbox: Inbox | None = None
+        self._run_real: str | None = None  # the run directory's real path, once needed
         self.bad_input: BaseException | None = None
 
     # ------------------------------------------------------------------------------------------ report
@@ -192,7 +193,9 @@ class Session:
         """Return False for a source that must survive: a committed checkpoint. Raise for the run dir's parents."""
         if not self._storage.is_local:
             return True
-        src, run = os.path.realpath(src), os.path.realpath(self.spec.run_path)
+        if self._run_real is None:
+            self._run_real = os.path.realpath(self.spec.run_path)
+        src, run = os.path.realpath(src), self._run_real
         if run == src or run.startswith(src.rstrip(os.sep) + os.sep):
             raise ConfigError(f"delete_local_checkpoint_after_upload would delete {src}, which holds the run "
                               f"directory {run}; write checkpoints to a directory of their own")
