@@ -6,8 +6,9 @@ import os
 import time
 from typing import Any
 
-import trainkeep as tk
 from trainer_loops import write_checkpoint
+
+import trainkeep as tk
 
 
 def rank_1_runs_ahead(config: dict[str, Any]) -> None:
