@@ -7,11 +7,9 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import fsspec
@@ -19,12 +17,12 @@ import fsspec
 from trainkeep.errors import RunLockedError, StorageError
 from trainkeep.layout import TEMP_SUFFIX
 from trainkeep.manifest import FileEntry
-from trainkeep.storage.base import COPY_THREADS, PutResult, Storage, hash_stream, wrap_error
+from trainkeep.storage.base import PutResult, Storage, hash_stream, wrap_error
 from trainkeep.storage.fastcopy import copy_file, move_file, same_device
 from trainkeep.storage.locking import RunLock, holder_record, parse_holder
 from trainkeep.storage.parts import read_log
 from trainkeep.storage.progress import Transfer
-from trainkeep.storage.syscalls import SYSCALLS, Syscalls
+from trainkeep.storage.syscalls import SYSCALLS, Syscalls, io_pool, wait_all
 from trainkeep.storage.tree import is_linked
 
 logger = logging.getLogger(__name__)
@@ -193,42 +191,15 @@ class LocalStorage(Storage):
         return FlockLock(path)
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-_pool_lock = threading.Lock()
-
-
-def _copy_pool() -> ThreadPoolExecutor:
-    """Return this process's pool of COPY_THREADS copy threads, started once (again in a forked child).
-
-    Starting a thread waits until it runs, which costs milliseconds on a loaded machine: per commit, that was
-    a large part of a small checkpoint's cost.
-    """
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():  # a forked child has the object but not its threads
-            _pool, _pool_pid = ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="trainkeep-copy"), \
-                os.getpid()
-        return _pool
-
-
 def run_all(fn: Callable[[str], FileEntry], files: list[str]) -> list[FileEntry]:
-    """Return ``[fn(f) for f in files]``, run on the copy threads; one file runs here, without a hand-off.
+    """Return ``[fn(f) for f in files]``, run on the I/O threads; one file runs here, without a hand-off.
 
     Every call has ended when this returns or raises (so an abort never races a copy still writing); the
     first error, in the order of ``files``, is raised.
     """
     if len(files) <= 1:
         return [fn(rel) for rel in files]
-    futures = [_copy_pool().submit(fn, rel) for rel in files]
-    try:
-        wait(futures)
-    except BaseException:  # e.g. KeyboardInterrupt: cancel what has not started, let the rest end, then raise
-        for future in futures:
-            future.cancel()
-        wait(futures)
-        raise
-    return [future.result() for future in futures]
+    return wait_all([io_pool().submit(fn, rel) for rel in files])
 
 
 def _local_size(path: str) -> int:

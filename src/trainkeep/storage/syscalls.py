@@ -17,7 +17,9 @@ import ctypes
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 CopyChunk = Callable[[int, int, int, int], int]
@@ -127,3 +129,55 @@ def start_writeback(fd: int, offset: int, count: int) -> None:
     """
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, count, _SYNC_FILE_RANGE_WRITE)  # an error only means no head start
+
+
+IO_THREADS = 4  # the copies of one checkpoint run 4 at a time (storage.base.COPY_THREADS)
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def io_pool() -> ThreadPoolExecutor:
+    """Return this process's pool of IO_THREADS threads for copies and fsyncs, started once (again after a fork).
+
+    Starting a thread waits until it runs, which costs milliseconds on a loaded machine; a commit used to start
+    several. A forked child holds the parent's pool object but none of its threads, so it makes its own.
+    """
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="trainkeep-io")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def wait_all(futures: list[Future]) -> list[Any]:
+    """Wait until every future has ended; return their results in order, or raise the first error in order.
+
+    Every call has ended when this returns or raises, so no cleanup races a write still running. An interrupt
+    while waiting (e.g. KeyboardInterrupt) cancels what has not started and waits for the rest first.
+    """
+    try:
+        wait(futures)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
+    return [future.result() for future in futures]
+
+
+def together(*calls: Callable[[], Any]) -> None:
+    """Run ``calls`` at the same time: the first in this thread, the others on :func:`io_pool`; wait for all.
+
+    For steps that must all be done before the next one, in no order among themselves (the fsyncs before a
+    manifest): their waits for the disk overlap instead of adding up. Raises the first error, in the order of
+    ``calls``, once every call has ended.
+    """
+    futures = [io_pool().submit(call) for call in calls[1:]]
+    try:
+        calls[0]()
+    except BaseException:
+        wait_all(futures)  # let the others end before the error goes up
+        raise
+    wait_all(futures)
