@@ -241,6 +241,76 @@ def small_commit(root: str, rounds: int) -> dict[str, Any]:
             "load_avg_1m": os.getloadavg()[0]}
 
 
+def shard_loop(config: dict[str, Any]) -> list[tuple[float, float]]:
+    """Each rank reports its own shard (SYNC) in the same round, after a metrics-only round as a barrier."""
+    import time as _time
+
+    import trainkeep as _tk
+
+    rank = _tk.get_context().get_world_rank()
+    spans = []
+    for i in range(config["rounds"]):
+        _tk.report({"barrier": i})
+        start = _time.time()
+        _tk.report({"round": i}, checkpoint=_tk.Checkpoint.from_directory(config["srcs"][rank]))
+        spans.append((start, _time.time()))
+    with open(os.path.join(config["out"], f"spans_{rank}.json"), "w") as f:
+        json.dump(spans, f)
+    return spans
+
+
+def shards(root: str, ranks: int, total: int, rounds: int) -> dict[str, Any]:
+    """Time rounds in which each of ``ranks`` workers reports its own ``total``-byte shard, against plain copies.
+
+    A round's time is from the first rank's report() call to the last rank's return; the plain side copies the
+    same ``ranks`` files in ``ranks`` threads (``shutil.copyfile``, fsync of each file and of the directory).
+    Issue 15 target 5: the round's throughput at least 0.8 of the plain copies'.
+    """
+    work = tempfile.mkdtemp(prefix="shards_", dir=root)
+    srcs = []
+    for rank in range(ranks):
+        src = os.path.join(work, f"src_{rank}")
+        os.makedirs(src)
+        with open(os.path.join(src, f"shard_{rank}.bin"), "wb") as f:
+            for _ in range(total // (10 * MB)):
+                f.write(os.urandom(10 * MB))
+        srcs.append(src)
+    os.sync()
+    plain = []
+    for i in range(rounds):
+        dest = os.path.join(work, f"plain_{i}")
+        os.makedirs(dest)
+
+        def one(rank: int, dest: str = dest) -> None:
+            target = os.path.join(dest, f"shard_{rank}.bin")
+            shutil.copyfile(os.path.join(srcs[rank], f"shard_{rank}.bin"), target)
+            fsync_path(target)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=ranks) as pool:
+            list(pool.map(one, range(ranks)))
+        fsync_path(dest)
+        plain.append(time.perf_counter() - start)
+        shutil.rmtree(dest)
+    trainer = tk.DataParallelTrainer(
+        shard_loop, train_loop_config={"srcs": srcs, "rounds": rounds, "out": work},
+        scaling_config=tk.ScalingConfig(num_workers=ranks),
+        run_config=tk.RunConfig(name="shards", storage_path=os.path.join(work, "runs"),
+                                checkpoint_config=tk.CheckpointConfig(num_to_keep=1)))
+    trainer.fit()
+    per_rank = []
+    for rank in range(ranks):
+        with open(os.path.join(work, f"spans_{rank}.json")) as f:
+            per_rank.append(json.load(f))
+    rounds_s = [max(spans[i][1] for spans in per_rank) - min(spans[i][0] for spans in per_rank)
+                for i in range(rounds)]
+    shutil.rmtree(work, ignore_errors=True)
+    round_median, plain_median = statistics.median(rounds_s), statistics.median(plain)
+    return {"ranks": ranks, "shard_bytes": total, "round_s": rounds_s, "plain_s": plain,
+            "round_median_s": round_median, "plain_median_s": plain_median,
+            "throughput_ratio": plain_median / round_median, "load_avg_1m": os.getloadavg()[0]}
+
+
 def run_rotating(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
     """Run every variant ``repeats`` times, rotating their order each round; return the medians."""
     names = list(variants)
@@ -409,6 +479,8 @@ def main() -> None:
     parser.add_argument("--small-rounds", type=int, default=30,
                         help="1 KiB commits timed against one fsync each (0: skip)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak RSS measurement")
+    parser.add_argument("--shards", type=int, default=0, metavar="MB",
+                        help="also time 4 ranks each reporting a shard of MB in one round (issue 15: 250)")
     parser.add_argument("--out", default=RESULTS, help="where to write the JSON results")
     parser.add_argument("--rss-child", nargs=3, metavar=("KIND", "SRC", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -427,6 +499,12 @@ def main() -> None:
             print(f"\n== 1 KiB SYNC commit vs one fsync (load average {c['load_avg_1m']:.1f}) ==\n"
                   f"commit {c['commit_median_s'] * 1e3:.2f} ms, fsync {c['fsync_median_s'] * 1e3:.2f} ms, ratio "
                   f"{c['ratio']:.2f} (issue 15 target <= 3: {'ok' if c['ratio'] <= 3 else 'MISSED'})", flush=True)
+        if args.shards:
+            r = results[f"shards_4x{args.shards}MB"] = shards(root, 4, args.shards * MB, args.repeats or 3)
+            print(f"\n== 4 ranks x {args.shards} MB shards in one SYNC round (load average {r['load_avg_1m']:.1f}) "
+                  f"==\nround {r['round_median_s'] * 1e3:.0f} ms, 4 parallel plain copies+fsync "
+                  f"{r['plain_median_s'] * 1e3:.0f} ms, throughput ratio {r['throughput_ratio']:.2f} "
+                  f"(issue 15 target >= 0.8: {'ok' if r['throughput_ratio'] >= 0.8 else 'MISSED'})", flush=True)
         for size in sizes:
             results[f"{size}MB"] = bench_size(root, size * MB, args, started[1] if started else None)
             print("\n".join(report_lines(size * MB, results[f"{size}MB"])), flush=True)

@@ -143,8 +143,11 @@ class StagedCheckpoint:
             # the files' names, the directory's name and the earlier rounds' history rows (which must not be
             # lost while this later one commits) become durable before the manifest; the first two waits for
             # the disk overlap. The history waits for the run directory: its first rows may have created it.
-            together(lambda: (storage.sync_dir(self._run_path), flush_history()),
-                     lambda: storage.sync_dir(self.path))
+            def run_dir_then_history() -> None:
+                storage.sync_dir(self._run_path)
+                flush_history()
+
+            together(run_dir_then_history, lambda: storage.sync_dir(self.path))
             manifest = Manifest(self.name, round_index, time.time(), metrics,
                                 tuple(sorted(files, key=lambda f: f.path)))
             storage.write_atomic(storage.join(self.path, MANIFEST_NAME), encode(manifest.to_dict()))

@@ -41,6 +41,7 @@ from trainkeep.retention import Decision
 from trainkeep.run import RunState, choose_resume, decide_retention, read_history
 from trainkeep.storage import Storage, list_source_files, resolve
 from trainkeep.storage.base import TransferStats, format_bytes
+from trainkeep.storage.syscalls import together
 from trainkeep.views import RunViews
 
 logger = logging.getLogger(__name__)
@@ -236,8 +237,8 @@ class CheckpointManager(RunViews):
             self._committed_names.add(name)
             self._next_round += 1
             self._state.index.checkpoints.append(IndexEntry.from_manifest(manifest))
-            self._history.append(round_index, metrics, name, durable=True)
-            self._write_index(self._state)
+            together(lambda: self._history.append(round_index, metrics, name, durable=True),  # fsyncs overlap
+                     lambda: self._write_index(self._state))
             # 3. the intent record goes, then 4. retention
             staged.finish()
             self._apply_retention()
