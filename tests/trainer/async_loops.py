@@ -32,3 +32,15 @@ def rank_1_runs_ahead(config: dict[str, Any]) -> None:
         time.sleep(0.01)
     for epoch in range(2):
         tk.report({"epoch": epoch})
+
+
+def async_without_background_receive(config: dict[str, Any]) -> None:
+    """Report ASYNC checkpoints from both ranks with a session that reads its connection itself."""
+    from trainkeep.trainer import session
+
+    assert session._session is not None
+    session._session.background_receive = False  # as a Session subclass that reads the connection would
+    rank = tk.get_context().get_world_rank()
+    for epoch in range(3):
+        tk.report({"epoch": epoch}, checkpoint=write_checkpoint(config, rank, epoch),
+                  checkpoint_upload_mode=tk.CheckpointUploadMode.ASYNC)

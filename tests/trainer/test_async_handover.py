@@ -44,3 +44,11 @@ def test_the_inbox_gives_each_round_its_dest_whatever_their_order_and_the_rest_t
         inbox.dest(2)
     with pytest.raises(EOFError):
         inbox.reply()
+
+
+def test_a_session_that_reads_its_connection_itself_still_uploads_async(loop_config, make_run):
+    result = tk.DataParallelTrainer(async_loops.async_without_background_receive, train_loop_config=loop_config,
+                                    scaling_config=tk.ScalingConfig(num_workers=2), run_config=make_run()).fit()
+    for epoch in range(3):
+        manifest = json.load(open(os.path.join(result.path, f"checkpoint_00000{epoch}", ".trainkeep_manifest.json")))
+        assert [f["path"] for f in manifest["files"]] == ["shard_0.txt", "shard_1.txt", "state.json"]

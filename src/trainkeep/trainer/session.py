@@ -102,6 +102,11 @@ class _Plan:
 class Session:
     """The state of one worker inside a run: its connection to the driver, rank, and latest checkpoint."""
 
+    # An ASYNC report hands its files over without waiting for the driver: a receiver thread (trainer/uploader.py
+    # Inbox) then reads the connection. A subclass that reads the connection itself sets this False, and its
+    # ASYNC reports wait for their destination in report(), as before.
+    background_receive: bool = True
+
     def __init__(self, conn: Connection, spec: p.WorkerSpec, rank: int, start_checkpoint: str | None) -> None:
         self.spec, self.rank, self.context = spec, rank, TrainContext(spec, rank)
         self._conn = conn
@@ -137,9 +142,10 @@ class Session:
                               plan.dir_name, plan.mode.value))
         if plan.files is not None:
             if plan.mode is CheckpointUploadMode.ASYNC:  # the uploader thread waits for the Dest, not this one
-                self._async_uploader().submit((k, plan))
+                uploader = self._async_uploader()
+                uploader.submit((k, plan, None if self._inbox is not None else self._recv(p.Dest)))
                 return
-            self._upload((k, plan))
+            self._upload((k, plan, None))
         # 4. Wait for every rank (ASYNC) or for the commit and retention (SYNC, NO_UPLOAD).
         self._recv(p.Released if plan.mode is CheckpointUploadMode.ASYNC else p.Done)
 
@@ -204,7 +210,7 @@ class Session:
             return False
         return True
 
-    def _upload(self, job: tuple[int, _Plan]) -> None:
+    def _upload(self, job: tuple[int, _Plan, p.Dest | None]) -> None:
         """Learn where round k's files go; copy this rank's share there, drop the local source if asked, tell the driver.
 
         The files outside the share (a lower rank uploads the same path) are only checksummed, so that the driver
@@ -213,9 +219,9 @@ class Session:
         If the worker dies inside, the staged directory holds part of the files and no manifest: the driver
         sweeps it when it discards the round (or the next open of the run does).
         """
-        k, plan = job
+        k, plan, known = job
         assert plan.src is not None and plan.files is not None
-        dest = self._dest(k)
+        dest = known if known is not None else self._dest(k)
         share = plan.files if dest.files is None else dest.files
         # handing the files over (a rename on the same filesystem) is how a source that goes away is uploaded
         entries = self._storage.put_tree(plan.src, dest.path, share, move=plan.delete_src).entries if share else []
@@ -230,7 +236,8 @@ class Session:
 
     def _async_uploader(self) -> AsyncUploader:
         if self._uploader is None:
-            self._inbox = Inbox(self._conn)  # from now on one thread receives, for both waiting threads
+            if self.background_receive:
+                self._inbox = Inbox(self._conn)  # from now on one thread receives, for both waiting threads
             self._uploader = AsyncUploader(self._upload, self._report_upload_failure)
         return self._uploader
 
