@@ -11,6 +11,7 @@ import async_loops
 import pytest
 
 import trainkeep as tk
+from trainkeep.errors import SessionError
 from trainkeep.trainer import protocol as p
 from trainkeep.trainer.uploader import Inbox
 
@@ -40,9 +41,9 @@ def test_the_inbox_gives_each_round_its_dest_whatever_their_order_and_the_rest_t
     assert inbox.dest(1) == p.Dest("/run/b", None, 1)
     assert inbox.reply() == p.Released("/run/a")
     driver.close()
-    with pytest.raises(EOFError):
+    with pytest.raises(SessionError, match="driver of this run is gone"):
         inbox.dest(2)
-    with pytest.raises(EOFError):
+    with pytest.raises(SessionError, match="driver of this run is gone"):
         inbox.reply()
 
 

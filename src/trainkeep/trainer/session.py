@@ -245,10 +245,7 @@ class Session:
         """Wait for the driver to say where the files of round ``k`` go (the training or the uploader thread)."""
         if self._inbox is None:
             return self._recv(p.Dest)
-        try:
-            return self._inbox.dest(k)
-        except EOFError:
-            raise SessionError("the driver of this run is gone; stopping this worker") from None
+        return self._inbox.dest(k)  # raises SessionError once the driver is gone
 
     def _report_upload_failure(self, exc: BaseException) -> None:
         data, text = pack_exception(exc)

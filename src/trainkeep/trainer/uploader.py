@@ -10,6 +10,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from trainkeep.errors import SessionError
 from trainkeep.trainer.protocol import Dest
 
 logger = logging.getLogger(__name__)
@@ -86,20 +87,20 @@ class Inbox:
         self._thread.start()
 
     def dest(self, k: int) -> Any:
-        """Wait for and return the ``Dest`` of round ``k``. Raises EOFError once the driver is gone."""
+        """Wait for and return the ``Dest`` of round ``k``. Raises SessionError once the driver is gone."""
         with self._cond:
             while k not in self._dests:
                 if self._closed:
-                    raise EOFError
+                    raise _driver_gone()
                 self._cond.wait()
             return self._dests.pop(k)
 
     def reply(self) -> Any:
-        """Wait for and return the next message that is not a ``Dest``. Raises EOFError once the driver is gone."""
+        """Wait for and return the next message that is not a ``Dest``. Raises SessionError once the driver is gone."""
         with self._cond:
             while not self._replies:
                 if self._closed:
-                    raise EOFError
+                    raise _driver_gone()
                 self._cond.wait()
             return self._replies.pop(0)
 
@@ -118,3 +119,7 @@ class Inbox:
                 else:
                     self._replies.append(message)
                 self._cond.notify_all()
+
+
+def _driver_gone() -> SessionError:
+    return SessionError("the driver of this run is gone; stopping this worker")
