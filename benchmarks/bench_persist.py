@@ -199,12 +199,116 @@ class LocalVariants:
         manager = self.manager
         metrics, name = manager.validate_report({"variant": "handoff"}, tk.Checkpoint.from_directory(src), None)
         assert name is not None
-        dest = manager.stage(name)
-        entries = manager.storage.put_tree(src, dest, list_source_files(src), move=True)
-        manager.commit(name, metrics, entries)
+        staged = manager.stage(name)
+        put = manager.storage.put_tree(src, staged.path, list_source_files(src), move=True)
+        staged.commit(metrics, put.entries, put.stats)
 
     def close(self) -> None:
         self.manager.close()
+
+
+def small_commit(root: str, rounds: int) -> dict[str, Any]:
+    """Time a SYNC commit of a 1 KiB checkpoint against one fsync of a new 1 KiB file, alternating (issue 15).
+
+    The fsync is the unit a commit cannot go below: a commit makes a new file durable and then the manifest
+    that names it. Both are measured in the same loop, so the ratio holds under the load of the moment.
+    """
+    work = tempfile.mkdtemp(prefix="small_", dir=root)
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    with open(os.path.join(src, "state.bin"), "wb") as f:
+        f.write(os.urandom(1024))
+    manager = tk.CheckpointManager(os.path.join(work, "run"), checkpoint_config=tk.CheckpointConfig(num_to_keep=2))
+    fsyncs, commits = [], []
+    try:
+        for i in range(rounds):
+            path = os.path.join(work, f"probe_{i}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, os.urandom(1024))
+            start = time.perf_counter()
+            os.fsync(fd)
+            fsyncs.append(time.perf_counter() - start)
+            os.close(fd)
+            os.unlink(path)
+            start = time.perf_counter()
+            manager.report({"i": i}, checkpoint=tk.Checkpoint.from_directory(src))
+            commits.append(time.perf_counter() - start)
+    finally:
+        manager.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"fsync_median_s": statistics.median(fsyncs), "commit_median_s": statistics.median(commits),
+            "ratio": statistics.median(commits) / statistics.median(fsyncs), "rounds": rounds,
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def shard_loop(config: dict[str, Any]) -> list[tuple[float, float]]:
+    """Each rank reports its own shard (SYNC) in the same round, after a metrics-only round as a barrier."""
+    import time as _time
+
+    import trainkeep as _tk
+
+    rank = _tk.get_context().get_world_rank()
+    spans = []
+    for i in range(config["rounds"]):
+        _tk.report({"barrier": i})
+        start = _time.time()
+        _tk.report({"round": i}, checkpoint=_tk.Checkpoint.from_directory(config["srcs"][rank]))
+        spans.append((start, _time.time()))
+    with open(os.path.join(config["out"], f"spans_{rank}.json"), "w") as f:
+        json.dump(spans, f)
+    return spans
+
+
+def shards(root: str, ranks: int, total: int, rounds: int) -> dict[str, Any]:
+    """Time rounds in which each of ``ranks`` workers reports its own ``total``-byte shard, against plain copies.
+
+    A round's time is from the first rank's report() call to the last rank's return; the plain side copies the
+    same ``ranks`` files in ``ranks`` threads (``shutil.copyfile``, fsync of each file and of the directory).
+    Issue 15 target 5: the round's throughput at least 0.8 of the plain copies'.
+    """
+    work = tempfile.mkdtemp(prefix="shards_", dir=root)
+    srcs = []
+    for rank in range(ranks):
+        src = os.path.join(work, f"src_{rank}")
+        os.makedirs(src)
+        with open(os.path.join(src, f"shard_{rank}.bin"), "wb") as f:
+            for _ in range(total // (10 * MB)):
+                f.write(os.urandom(10 * MB))
+        srcs.append(src)
+    os.sync()
+    plain = []
+    for i in range(rounds):
+        dest = os.path.join(work, f"plain_{i}")
+        os.makedirs(dest)
+
+        def one(rank: int, dest: str = dest) -> None:
+            target = os.path.join(dest, f"shard_{rank}.bin")
+            shutil.copyfile(os.path.join(srcs[rank], f"shard_{rank}.bin"), target)
+            fsync_path(target)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=ranks) as pool:
+            list(pool.map(one, range(ranks)))
+        fsync_path(dest)
+        plain.append(time.perf_counter() - start)
+        shutil.rmtree(dest)
+    trainer = tk.DataParallelTrainer(
+        shard_loop, train_loop_config={"srcs": srcs, "rounds": rounds, "out": work},
+        scaling_config=tk.ScalingConfig(num_workers=ranks),
+        run_config=tk.RunConfig(name="shards", storage_path=os.path.join(work, "runs"),
+                                checkpoint_config=tk.CheckpointConfig(num_to_keep=1)))
+    trainer.fit()
+    per_rank = []
+    for rank in range(ranks):
+        with open(os.path.join(work, f"spans_{rank}.json")) as f:
+            per_rank.append(json.load(f))
+    rounds_s = [max(spans[i][1] for spans in per_rank) - min(spans[i][0] for spans in per_rank)
+                for i in range(rounds)]
+    shutil.rmtree(work, ignore_errors=True)
+    round_median, plain_median = statistics.median(rounds_s), statistics.median(plain)
+    return {"ranks": ranks, "shard_bytes": total, "round_s": rounds_s, "plain_s": plain,
+            "round_median_s": round_median, "plain_median_s": plain_median,
+            "throughput_ratio": plain_median / round_median, "load_avg_1m": os.getloadavg()[0]}
 
 
 def run_rotating(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
@@ -306,7 +410,7 @@ def bench_size(root: str, total: int, args: argparse.Namespace, s3: Any) -> dict
         gap = out["sync"]["median_s"] * 2 + 0.1
         blocked = async_block_times(work, src, max(3, repeats), gap)
         out["async"] = {"median_s": statistics.median(blocked), "runs_s": blocked}
-    rss = {"sync": rss_growth_in_child("sync", src, os.path.join(work, "rss_run"))}
+    rss = {} if args.no_rss else {"sync": rss_growth_in_child("sync", src, os.path.join(work, "rss_run"))}
     if s3 is not None:
         fs, bucket, endpoint = s3
         out.update(run_rotating(s3_variants(fs, src, bucket), repeats))
@@ -314,13 +418,14 @@ def bench_size(root: str, total: int, args: argparse.Namespace, s3: Any) -> dict
             rss[kind] = rss_growth_in_child(kind, src, f"{endpoint} {bucket}/rss_{kind}")
             fs.rm(f"{bucket}/rss_{kind}", recursive=True)
     out["peak_rss_growth_bytes"] = rss
+    out["load_avg_1m"] = os.getloadavg()[0]
     shutil.rmtree(work, ignore_errors=True)
     return out
 
 
 def report_lines(total: int, r: dict[str, Any]) -> list[str]:
     base = r["baseline"]["median_s"]
-    lines = [f"\n== {total // MB} MB in {FILES} files ==",
+    lines = [f"\n== {total // MB} MB in {FILES} files (load average {r.get('load_avg_1m', 0):.1f}) ==",
              f"{'variant':<16}{'median':>10}{'MB/s':>9}{'ratio':>10}  target"]
     targets = {"sync": ("x baseline", 1.1 if total >= 1000 * MB else None), "handoff": ("x baseline", 0.05)}
     for name in ("baseline", "baseline_parallel", "sync", "handoff", "handoff_dirty", "async"):
@@ -336,6 +441,9 @@ def report_lines(total: int, r: dict[str, Any]) -> list[str]:
             goal = f"<= {limit}  {'ok' if ratio <= limit else 'MISSED'}"
         label = "x sync" if name == "async" else "x"
         lines.append(f"{name:<16}{m * 1000:>8.1f}ms{total / MB / m:>9.0f}{ratio:>8.3f}{label:<6}  {goal}")
+    persist = r["sync"]["median_s"] / r["baseline_parallel"]["median_s"]
+    lines.append(f"persist step (sync) / plain parallel copy+fsync: {persist:.3f} (issue 15 target <= 1.1: "
+                 f"{'ok' if persist <= 1.1 else 'MISSED'})")
     if "s3_trainkeep" in r:
         tk_rate = total / MB / r["s3_trainkeep"]["median_s"]
         put_rate = total / MB / r["s3_s3fs_put"]["median_s"]
@@ -343,7 +451,8 @@ def report_lines(total: int, r: dict[str, Any]) -> list[str]:
         lines.append(f"S3 (moto): trainkeep {tk_rate:.0f} MB/s, s3fs.put {put_rate:.0f} MB/s, ratio {ratio:.2f} "
                      f"(target >= 0.8: {'ok' if ratio >= 0.8 else 'MISSED'})")
     growth = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in r["peak_rss_growth_bytes"].items())
-    lines.append(f"peak RSS growth of a fresh process persisting it once: {growth}")
+    if growth:
+        lines.append(f"peak RSS growth of a fresh process persisting it once: {growth}")
     return lines
 
 
@@ -367,6 +476,11 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="directory for sources and runs (default: a temp dir)")
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) comparison")
     parser.add_argument("--no-async", action="store_true", help="skip the ASYNC trainer measurement")
+    parser.add_argument("--small-rounds", type=int, default=30,
+                        help="1 KiB commits timed against one fsync each (0: skip)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak RSS measurement")
+    parser.add_argument("--shards", type=int, default=0, metavar="MB",
+                        help="also time 4 ranks each reporting a shard of MB in one round (issue 15: 250)")
     parser.add_argument("--out", default=RESULTS, help="where to write the JSON results")
     parser.add_argument("--rss-child", nargs=3, metavar=("KIND", "SRC", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -379,6 +493,18 @@ def main() -> None:
     started = start_s3(args)
     results: dict[str, Any] = {}
     try:
+        if args.small_rounds:
+            results["1KiB_commit"] = small_commit(root, args.small_rounds)
+            c = results["1KiB_commit"]
+            print(f"\n== 1 KiB SYNC commit vs one fsync (load average {c['load_avg_1m']:.1f}) ==\n"
+                  f"commit {c['commit_median_s'] * 1e3:.2f} ms, fsync {c['fsync_median_s'] * 1e3:.2f} ms, ratio "
+                  f"{c['ratio']:.2f} (issue 15 target <= 3: {'ok' if c['ratio'] <= 3 else 'MISSED'})", flush=True)
+        if args.shards:
+            r = results[f"shards_4x{args.shards}MB"] = shards(root, 4, args.shards * MB, args.repeats or 3)
+            print(f"\n== 4 ranks x {args.shards} MB shards in one SYNC round (load average {r['load_avg_1m']:.1f}) "
+                  f"==\nround {r['round_median_s'] * 1e3:.0f} ms, 4 parallel plain copies+fsync "
+                  f"{r['plain_median_s'] * 1e3:.0f} ms, throughput ratio {r['throughput_ratio']:.2f} "
+                  f"(issue 15 target >= 0.8: {'ok' if r['throughput_ratio'] >= 0.8 else 'MISSED'})", flush=True)
         for size in sizes:
             results[f"{size}MB"] = bench_size(root, size * MB, args, started[1] if started else None)
             print("\n".join(report_lines(size * MB, results[f"{size}MB"])), flush=True)

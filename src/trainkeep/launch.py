@@ -182,6 +182,7 @@ class _LaunchedSession(Session):
         self.context = LaunchedContext(spec, env.rank, joined)
         self.env, self.host = env, host
         self.failure: BaseException | None = None  # an uncaught exception of the script (see _excepthook)
+        self.background_receive = False  # _recv and _pending_refusal read the connection themselves
 
     def _send(self, message: Any) -> None:
         try:

@@ -109,7 +109,7 @@ def test_the_controller_commits_rounds_over_any_worker_group(tmp_path: Path) -> 
     assert [r.name for r in manager.records()] == ["checkpoint_000000"]
     assert [row["metrics"]["epoch"] for row in manager.history] == [0, 1]
     dests = [message for rank, message in group.sent if isinstance(message, p.Dest)]
-    assert dests == [p.Dest(str(tmp_path / "run" / "checkpoint_000000"), ["model.txt"])]  # each path to one rank
+    assert dests == [p.Dest(str(tmp_path / "run" / "checkpoint_000000"), ["model.txt"], 0)]  # each path to one rank
     manager.close()
     assert tk.Result.from_path(str(tmp_path / "run")).checkpoint is not None
 

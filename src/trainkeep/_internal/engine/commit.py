@@ -27,6 +27,7 @@ from trainkeep._internal.core.manifest import FileEntry, Manifest, encode
 from trainkeep._internal.engine.checkpoint import Checkpoint
 from trainkeep._internal.storage import Storage
 from trainkeep._internal.storage.base import TransferStats
+from trainkeep._internal.storage.syscalls import together
 from trainkeep.errors import CheckpointExistsError, TrainkeepError
 
 logger = logging.getLogger(__name__)
@@ -115,9 +116,21 @@ class StagedCheckpoint:
                                  "already; a staged checkpoint is committed or aborted exactly once")
 
     def begin(self) -> None:
-        """Write the intent record, then create the directory (step 1)."""
-        self._storage.write_atomic(self._intent, b'{"checkpoint": "%s"}\n' % self.name.encode())
-        self._storage.makedirs(self.path)
+        """Write the intent record, then create the directory (step 1).
+
+        Only the record's name counts (the sweep on open reads names, never contents), so on a local disk it is
+        created in place and only its directory entry is made durable: one fsync, not a temp file's two. The
+        entry is durable before the checkpoint directory's (fsynced in ``publish``), so no directory of ours can
+        survive a power cut without its record.
+        """
+        record = b'{"checkpoint": "%s"}\n' % self.name.encode()
+        storage = self._storage
+        if storage.is_local:
+            storage.append(self._intent, record)
+            storage.sync_dir(storage.join(self._run_path, INTERNAL_DIR))
+        else:
+            storage.write_atomic(self._intent, record)
+        storage.makedirs(self.path)
 
     def publish(self, round_index: int, metrics: dict[str, Any], files: list[FileEntry],
                 flush_history: Callable[[], None]) -> Manifest:
@@ -127,9 +140,14 @@ class StagedCheckpoint:
         """
         storage = self._storage
         try:
-            storage.sync_dir(self.path)
-            storage.sync_dir(self._run_path)
-            flush_history()  # earlier rounds' rows must not be lost while this later one commits
+            # the files' names, the directory's name and the earlier rounds' history rows (which must not be
+            # lost while this later one commits) become durable before the manifest; the first two waits for
+            # the disk overlap. The history waits for the run directory: its first rows may have created it.
+            def run_dir_then_history() -> None:
+                storage.sync_dir(self._run_path)
+                flush_history()
+
+            together(run_dir_then_history, lambda: storage.sync_dir(self.path))
             manifest = Manifest(self.name, round_index, time.time(), metrics,
                                 tuple(sorted(files, key=lambda f: f.path)))
             storage.write_atomic(storage.join(self.path, MANIFEST_NAME), encode(manifest.to_dict()))

@@ -42,6 +42,7 @@ from trainkeep._internal.engine.run import RunState, choose_resume, decide_reten
 from trainkeep._internal.engine.views import RunViews
 from trainkeep._internal.storage import Storage, list_source_files, resolve
 from trainkeep._internal.storage.base import TransferStats, format_bytes
+from trainkeep._internal.storage.syscalls import together
 from trainkeep.errors import ConfigTypeError, TrainkeepError
 
 logger = logging.getLogger(__name__)
@@ -272,8 +273,8 @@ class CheckpointManager(RunViews):
             self._committed_names.add(name)
             self._next_round += 1
             self._state.index.checkpoints.append(IndexEntry.from_manifest(manifest))
-            self._history.append(round_index, metrics, name, durable=True)
-            self._write_index(self._state)
+            together(lambda: self._history.append(round_index, metrics, name, durable=True),  # fsyncs overlap
+                     lambda: self._write_index(self._state))
             # 3. the intent record goes, then 4. retention
             staged.finish()
             self._apply_retention()

@@ -10,19 +10,18 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
 
 from trainkeep._internal.core.layout import TEMP_SUFFIX
 from trainkeep._internal.core.manifest import FileEntry
-from trainkeep._internal.storage.base import COPY_THREADS, PutResult, Storage, hash_stream, wrap_error
+from trainkeep._internal.storage.base import PutResult, Storage, hash_stream, wrap_error
 from trainkeep._internal.storage.fastcopy import copy_file, move_file, same_device
 from trainkeep._internal.storage.locking import RunLock, holder_record, parse_holder
 from trainkeep._internal.storage.parts import read_log
 from trainkeep._internal.storage.progress import Transfer
-from trainkeep._internal.storage.syscalls import SYSCALLS, Syscalls
+from trainkeep._internal.storage.syscalls import SYSCALLS, Syscalls, io_pool, wait_all
 from trainkeep._internal.storage.tree import is_linked
 from trainkeep.errors import RunLockedError, StorageError
 
@@ -171,8 +170,7 @@ class LocalStorage(Storage):
                 size, digest = put(src, dest, transfer.advance, syscalls=self.syscalls)
                 return FileEntry(rel, size, digest)
 
-            with ThreadPoolExecutor(max_workers=min(COPY_THREADS, max(1, len(files)))) as pool:
-                entries = list(pool.map(one, files))
+            entries = run_all(one, files)
         for sub in subdirs:
             self.sync_dir(os.path.join(dest_dir, sub))
         if move and not renaming:
@@ -198,6 +196,17 @@ class LocalStorage(Storage):
 
     def lock(self, path: str) -> RunLock:
         return FlockLock(path)
+
+
+def run_all(fn: Callable[[str], FileEntry], files: list[str]) -> list[FileEntry]:
+    """Return ``[fn(f) for f in files]``, run on the I/O threads; one file runs here, without a hand-off.
+
+    Every call has ended when this returns or raises (so an abort never races a copy still writing); the
+    first error, in the order of ``files``, is raised.
+    """
+    if len(files) <= 1:
+        return [fn(rel) for rel in files]
+    return wait_all([io_pool().submit(fn, rel) for rel in files])
 
 
 def _local_size(path: str) -> int:

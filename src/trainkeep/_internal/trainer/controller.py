@@ -201,7 +201,7 @@ class Controller:
     def _send_destinations(self, rnd: Round) -> None:
         assert rnd.staged is not None
         for rank, files in rnd.take_destinations():  # each path to one rank only (rounds.assign_paths)
-            self.group.send(rank, p.Dest(rnd.staged.path, files))
+            self.group.send(rank, p.Dest(rnd.staged.path, files, rnd.index - self._base))
 
     def _on_uploaded(self, rank: int, msg: p.Uploaded) -> None:
         rnd = self._rounds[msg.round]

@@ -2,14 +2,15 @@
 
 Each worker has one duplex connection to the driver (a socket pair with the local executor, a TCP connection
 with the Ray executor: the messages are the same). The worker's main thread sends a request and, when the
-request needs one, blocks on exactly one reply; its background uploader thread only ever sends. The driver
-never sends a message nobody waits for, so a worker's receive queue is always empty between two calls.
+request needs one, blocks on exactly one reply; its background uploader thread sends, and once the worker made
+an ASYNC report it waits for the ``Dest`` of its rounds (trainer/uploader.py ``Inbox`` sorts the replies). The
+driver never sends a message nobody waits for, so a worker's receive queue is always empty between two calls.
 
 Round ``k`` of an attempt is made of the k-th ``Announce`` of every rank. A report flows like this::
 
     worker                              driver
     Announce(metrics, files, ...)  ->   stage the checkpoint directory on the first announcement with files
-                                   <-   Dest(path)            (a rank that uploads: where its files go)
+                                   <-   Dest(path, round)     (a rank that uploads: where its files go)
     (copies its files into path)
     Uploaded(round, entries)       ->   commit once every rank announced and every upload arrived
                                    <-   Done(latest)          (SYNC / NO_UPLOAD: after the commit)
@@ -152,6 +153,7 @@ class Dest(NamedTuple):
 
     path: str
     files: list[str] | None = None
+    round: int = -1  # the attempt-relative round, as in Uploaded (an ASYNC worker may wait for several at once)
 
 
 class Done(NamedTuple):

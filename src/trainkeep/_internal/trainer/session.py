@@ -28,7 +28,7 @@ from trainkeep._internal.storage.fastcopy import hash_file
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer import reported
 from trainkeep._internal.trainer.failures import pack_exception
-from trainkeep._internal.trainer.uploader import AsyncUploader
+from trainkeep._internal.trainer.uploader import AsyncUploader, Inbox
 from trainkeep._internal.trainer.validation import check_requested
 from trainkeep.errors import CheckpointNotFoundError, ConfigError, ConfigTypeError, SessionError
 
@@ -108,6 +108,11 @@ class _Plan:
 class Session:
     """The state of one worker inside a run: its connection to the driver, rank, and latest checkpoint."""
 
+    # An ASYNC report hands its files over without waiting for the driver: a receiver thread (trainer/uploader.py
+    # Inbox) then reads the connection. A subclass that reads the connection itself sets this False, and its
+    # ASYNC reports wait for their destination in report(), as before.
+    background_receive: bool = True
+
     def __init__(self, conn: Connection, spec: p.WorkerSpec, rank: int, start_checkpoint: str | None,
                  placement: p.Placement | None = None) -> None:
         self.spec, self.rank, self.context = spec, rank, TrainContext(spec, rank, placement)
@@ -119,6 +124,8 @@ class Session:
         self._reports = 0
         self._send_lock = threading.Lock()
         self._uploader: AsyncUploader | None = None
+        self._inbox: Inbox | None = None
+        self._run_real: str | None = None  # the run directory's real path, once needed
         self.bad_input: BaseException | None = None
 
     # ------------------------------------------------------------------------------------------ report
@@ -142,11 +149,11 @@ class Session:
         self._send(p.Announce(plan.metrics, plan.has_checkpoint, plan.files, plan.dir_name, plan.mode.value,
                               plan.validation, plan.upload_fn is not None))
         if plan.files is not None:
-            dest = self._recv(p.Dest)
-            if plan.mode is CheckpointUploadMode.ASYNC:
-                self._async_uploader().submit((k, plan, dest))
+            if plan.mode is CheckpointUploadMode.ASYNC:  # the uploader thread waits for the Dest, not this one
+                uploader = self._async_uploader()
+                uploader.submit((k, plan, None if self._inbox is not None else self._recv(p.Dest)))
                 return
-            self._upload((k, plan, dest))
+            self._upload((k, plan, None))
         # 4. Wait for every rank (ASYNC) or for the commit and retention (SYNC, NO_UPLOAD).
         self._recv(p.Released if plan.mode is CheckpointUploadMode.ASYNC else p.Done)
 
@@ -262,7 +269,9 @@ class Session:
         """Return False for a source that must survive: a committed checkpoint. Raise for the run dir's parents."""
         if not self._storage.is_local:
             return True
-        src, run = os.path.realpath(src), os.path.realpath(self.spec.run_path)
+        if self._run_real is None:
+            self._run_real = os.path.realpath(self.spec.run_path)
+        src, run = os.path.realpath(src), self._run_real
         if run == src or run.startswith(src.rstrip(os.sep) + os.sep):
             raise ConfigError(f"delete_local_checkpoint_after_upload would delete {src}, which holds the run "
                               f"directory {run}; write checkpoints to a directory of their own")
@@ -271,8 +280,8 @@ class Session:
             return False
         return True
 
-    def _upload(self, job: tuple[int, _Plan, p.Dest]) -> None:
-        """Copy this rank's share of its files into the staged directory, drop the local source if asked, tell the driver.
+    def _upload(self, job: tuple[int, _Plan, p.Dest | None]) -> None:
+        """Learn where round k's files go; copy this rank's share there, drop the local source if asked, tell the driver.
 
         The files outside the share (a lower rank uploads the same path) are only checksummed, so that the driver
         can warn when the copies differ.
@@ -280,7 +289,8 @@ class Session:
         If the worker dies inside, the staged directory holds part of the files and no manifest: the driver
         sweeps it when it discards the round (or the next open of the run does).
         """
-        k, plan, dest = job
+        k, plan, known = job
+        dest = known if known is not None else self._dest(k)
         if plan.upload_fn is not None:
             self._custom_upload(plan, dest)
             self._send(p.Uploaded(k, [], []))
@@ -300,12 +310,23 @@ class Session:
 
     def _async_uploader(self) -> AsyncUploader:
         if self._uploader is None:
+            if self.background_receive:
+                self._inbox = Inbox(self._conn)  # from now on one thread receives, for both waiting threads
             self._uploader = AsyncUploader(self._upload, self._report_upload_failure)
         return self._uploader
 
+    def _dest(self, k: int) -> p.Dest:
+        """Wait for the driver to say where the files of round ``k`` go (the training or the uploader thread)."""
+        if self._inbox is None:
+            return self._recv(p.Dest)
+        return self._inbox.dest(k)  # raises SessionError once the driver is gone
+
     def _report_upload_failure(self, exc: BaseException) -> None:
         data, text = pack_exception(exc)
-        self._send(p.Failed(data, text, False))
+        try:
+            self._send(p.Failed(data, text, False))
+        except OSError:  # the driver is gone (the error may be just that): the training thread learns it too
+            logger.debug("could not tell the driver of the upload failure %r", exc)
 
     # ------------------------------------------------------------------------------------------ the rest
 
@@ -365,7 +386,7 @@ class Session:
 
     def _recv(self, kind: type) -> Any:
         try:
-            message = self._conn.recv()
+            message = self._conn.recv() if self._inbox is None else self._inbox.reply()
         except EOFError:
             raise SessionError("the driver of this run is gone; stopping this worker") from None
         if not isinstance(message, kind):

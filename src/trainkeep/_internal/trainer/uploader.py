@@ -1,4 +1,5 @@
-"""The background uploader of ``checkpoint_upload_mode=ASYNC``: one thread, a bounded number in flight."""
+"""The background side of ``checkpoint_upload_mode=ASYNC``: one uploader thread, a bounded number in flight,
+and the inbox that lets it learn where a round's files go without the training thread waiting for the driver."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
+
+from trainkeep._internal.trainer.protocol import Dest
+from trainkeep.errors import SessionError
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +65,61 @@ class AsyncUploader:
                 self._on_failure(exc)
             finally:
                 self._slots.release()
+
+
+class Inbox:
+    """Receive every message of a worker's connection in one thread, and hand each to the thread that waits.
+
+    A ``Dest`` goes to whoever waits for its round (the uploader thread for an ASYNC report, the training thread
+    for a SYNC one), so an ASYNC ``report()`` announces its round and returns without a round trip to the
+    driver; any other message is the reply the training thread waits for (the driver never sends a message
+    nobody waits for, see protocol.py). Started by the first ASYNC report with files; before that the training
+    thread receives directly.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._cond = threading.Condition()
+        self._dests: dict[int, Any] = {}
+        self._replies: list[Any] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="trainkeep-inbox", daemon=True)
+        self._thread.start()
+
+    def dest(self, k: int) -> Any:
+        """Wait for and return the ``Dest`` of round ``k``. Raises SessionError once the driver is gone."""
+        with self._cond:
+            while k not in self._dests:
+                if self._closed:
+                    raise _driver_gone()
+                self._cond.wait()
+            return self._dests.pop(k)
+
+    def reply(self) -> Any:
+        """Wait for and return the next message that is not a ``Dest``. Raises SessionError once the driver is gone."""
+        with self._cond:
+            while not self._replies:
+                if self._closed:
+                    raise _driver_gone()
+                self._cond.wait()
+            return self._replies.pop(0)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                with self._cond:
+                    self._closed = True
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                if isinstance(message, Dest):
+                    self._dests[message.round] = message
+                else:
+                    self._replies.append(message)
+                self._cond.notify_all()
+
+
+def _driver_gone() -> SessionError:
+    return SessionError("the driver of this run is gone; stopping this worker")
