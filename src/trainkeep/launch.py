@@ -32,9 +32,10 @@ from trainkeep._internal.storage import resolve
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer import session as session_module
 from trainkeep._internal.trainer.backends.launched import Hello, LaunchedWorkerGroup, Refused, connect
+from trainkeep._internal.trainer.context import TrainContext
 from trainkeep._internal.trainer.controller import Controller
 from trainkeep._internal.trainer.failures import AttemptFailed, pack_exception
-from trainkeep._internal.trainer.session import Session, TrainContext
+from trainkeep._internal.trainer.session import Session
 from trainkeep._launch_env import LaunchEnv, authkey, read_launch_env
 from trainkeep.errors import ConfigTypeError, SessionError, TrainingFailedError
 
