@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli.app import cli
 

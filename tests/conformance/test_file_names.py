@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep.cli import cli
 from trainkeep.errors import UnsupportedCheckpointFileError
 

@@ -10,7 +10,7 @@ import random
 import pytest
 
 import trainkeep as tk
-from trainkeep._internal.core.manifest import parse_history
+from trainkeep._internal.core.history_rows import parse_history
 from trainkeep._internal.storage import FsspecStorage
 from trainkeep._internal.storage.parts import PartLog, parse_span
 

@@ -24,7 +24,8 @@ from click.testing import CliRunner
 import trainkeep as tk
 from trainkeep._internal.core.layout import MANIFEST_NAME, RUN_INDEX_NAME
 from trainkeep._internal.core.manifest import parse_run_index
-from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli.app import cli
 

@@ -21,7 +21,8 @@ import corruption_helpers as h
 import pytest
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import UNREADABLE, read_run, verify_checkpoint
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.verify import UNREADABLE, verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
 NOBODY = 65534

@@ -27,7 +27,7 @@ from typing import Any
 
 import trainkeep as tk
 from trainkeep._internal.core.layout import INTERNAL_DIR, LOCK_NAME, MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
 CHILD = str(Path(__file__).with_name("sigkill_child.py"))

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep.errors import StorageError
 from trainkeep.testing import Expectation, FaultyStorage, check_run

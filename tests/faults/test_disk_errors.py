@@ -27,7 +27,7 @@ import fault_loops  # tests/faults is on sys.path (pytest puts it there), and th
 import pytest
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep.errors import StorageError
 from trainkeep.testing import Expectation, check_run, is_call_write, is_syscall_write

@@ -42,7 +42,7 @@ import pytest
 import trainkeep as tk
 from trainkeep._internal.core.config import CheckpointConfig
 from trainkeep._internal.core.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage, Storage
 from trainkeep._internal.storage.local import write_all
 from trainkeep.testing import CrashPointReport, Cycle, Expectation, check_crash_points, check_run

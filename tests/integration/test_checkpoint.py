@@ -15,7 +15,7 @@ import pytest
 
 import trainkeep as tk
 from trainkeep._internal.core.layout import MANIFEST_NAME, METADATA_NAME
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
 FILES = {"model.pt": b"m" * 5000, "optim/state.pt": b"o" * 300, "optim/deep/rng.bin": b"r"}

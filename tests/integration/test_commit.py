@@ -20,7 +20,7 @@ from trainkeep._internal.core.layout import (
 )
 from trainkeep._internal.core.manifest import FileEntry
 from trainkeep._internal.engine.commit import StagedCheckpoint
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep.errors import CheckpointExistsError, InvalidCheckpointNameError, StorageError, TrainkeepError
 

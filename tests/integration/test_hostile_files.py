@@ -21,7 +21,7 @@ import pytest
 
 import trainkeep as tk
 from trainkeep._internal.core.layout import MANIFEST_NAME
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import FsspecStorage, LocalStorage, Storage, list_source_files
 from trainkeep.errors import UnsupportedCheckpointFileError
 

@@ -20,7 +20,7 @@ import torch
 
 import trainkeep as tk
 from trainkeep._internal.core.layout import HISTORY_NAME, INTERNAL_DIR, MANIFEST_NAME, RUN_INDEX_NAME
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
 MakeSource = Callable[..., tk.Checkpoint]

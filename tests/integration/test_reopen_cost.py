@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 import trainkeep as tk
+from trainkeep._internal.core.history_rows import history_line
 from trainkeep._internal.core.layout import HISTORY_NAME, RUN_INDEX_NAME
-from trainkeep._internal.core.manifest import HistoryMark, history_line, parse_run_index
+from trainkeep._internal.core.manifest import HistoryMark, parse_run_index
 from trainkeep._internal.engine.run import read_run
 from trainkeep._internal.storage import LocalStorage
 from trainkeep.cli import cli

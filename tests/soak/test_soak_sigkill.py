@@ -45,7 +45,8 @@ import soak_loop
 import trainkeep as tk
 from trainkeep._internal.core.layout import INTENT_PREFIX, INTERNAL_DIR, TEMP_SUFFIX
 from trainkeep._internal.core.retention import Record, decide
-from trainkeep._internal.engine.run import read_manifest, read_run, verify_checkpoint
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.verify import read_manifest, verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
 DRIVER = str(Path(__file__).with_name("soak_driver.py"))

@@ -10,7 +10,8 @@ import pytest
 import trainer_loops as loops
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
 

@@ -14,7 +14,8 @@ import trainer_loops as loops
 from trainer_loops import read_log
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
 SCORED = tk.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="min")

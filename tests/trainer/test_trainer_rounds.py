@@ -15,7 +15,7 @@ import pytest
 import trainkeep as tk
 from trainkeep._internal.core.layout import MANIFEST_NAME
 from trainkeep._internal.core.manifest import FileEntry
-from trainkeep._internal.engine.run import read_manifest, verify_checkpoint
+from trainkeep._internal.engine.verify import read_manifest, verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep._internal.trainer.rounds import Arrival, Round, assign_paths
 from trainkeep.errors import InconsistentReportError

@@ -11,7 +11,7 @@ import trainer_loops as loops
 from trainer_loops import read_log
 
 import trainkeep as tk
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep._internal.trainer.uploader import AsyncUploader
 

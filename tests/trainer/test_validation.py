@@ -16,16 +16,10 @@ import time
 import pytest
 
 import trainkeep as tk
-from trainkeep._internal.core.manifest import (
-    IndexEntry,
-    Manifest,
-    RunIndex,
-    encode,
-    parse_history,
-    parse_run_index,
-)
+from trainkeep._internal.core.history_rows import parse_history
+from trainkeep._internal.core.manifest import IndexEntry, Manifest, RunIndex, encode, parse_run_index
 from trainkeep._internal.core.validation_state import merge_validated
-from trainkeep._internal.engine.run import verify_checkpoint
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 from trainkeep.errors import CorruptRunError
 

@@ -14,7 +14,8 @@ from trainkeep._internal.core.layout import METADATA_NAME, validate_checkpoint_n
 from trainkeep._internal.core.manifest import CHECKSUM_ALGORITHM
 from trainkeep._internal.core.metrics import flatten
 from trainkeep._internal.core.retention import best_checkpoints, decide, rank
-from trainkeep._internal.engine.run import is_run, read_manifest, read_run
+from trainkeep._internal.engine.run import is_run, read_run
+from trainkeep._internal.engine.verify import read_manifest
 from trainkeep._internal.storage import Storage, resolve
 from trainkeep.cli.common import (
     EXIT_FAILED,

@@ -14,7 +14,7 @@ from trainkeep._internal.core.manifest import IndexEntry
 from trainkeep._internal.core.retention import Decision, decide, decide_corrupt
 from trainkeep._internal.engine.corruption import clear_mark, write_mark
 from trainkeep._internal.engine.manager import CheckpointManager
-from trainkeep._internal.engine.run import Problem, corrupt_reason, verify_checkpoint
+from trainkeep._internal.engine.verify import Problem, corrupt_reason, verify_checkpoint
 from trainkeep.cli.common import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,

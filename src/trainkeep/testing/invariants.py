@@ -22,7 +22,8 @@ from trainkeep._internal.core.layout import (
 )
 from trainkeep._internal.core.manifest import Manifest, parse_run_index
 from trainkeep._internal.engine.manager import CheckpointManager
-from trainkeep._internal.engine.run import HISTORY_PARTS_NAME, read_manifest
+from trainkeep._internal.engine.run import HISTORY_PARTS_NAME
+from trainkeep._internal.engine.verify import read_manifest
 from trainkeep._internal.storage import Storage
 from trainkeep.errors import CorruptRunError, IncompatibleRunError
 

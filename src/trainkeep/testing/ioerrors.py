@@ -24,7 +24,8 @@ from trainkeep._internal.core.config import CheckpointConfig
 from trainkeep._internal.core.layout import MANIFEST_NAME
 from trainkeep._internal.engine.checkpoint import Checkpoint
 from trainkeep._internal.engine.manager import CheckpointManager
-from trainkeep._internal.engine.run import read_run, verify_checkpoint
+from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.verify import verify_checkpoint
 from trainkeep._internal.storage import Storage
 from trainkeep.errors import StorageError
 from trainkeep.testing.cycle import Cycle, copy_run, metrics_for

@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from trainkeep._internal.core.history_rows import history_line, parse_history, parse_history_chunk
 from trainkeep._internal.core.layout import HISTORY_NAME
-from trainkeep._internal.core.manifest import HistoryMark, history_line, parse_history, parse_history_chunk
+from trainkeep._internal.core.manifest import HistoryMark
 from trainkeep._internal.storage import Storage
 from trainkeep.errors import StorageError
 
@@ -247,7 +248,7 @@ def _frame_of(pa: Any, table: Any) -> Any:
 
     if "kind" in table.column_names:
         if pc.any(pc.equal(table["kind"], "validation")).as_py():
-            return None  # a validation's metrics replace its round's, as manifest.parse_history does
+            return None  # a validation's metrics replace its round's, as history_rows.parse_history does
         table = table.filter(pc.is_null(table["kind"]))
     if table.num_rows == 0 or "metrics" not in table.column_names or table["metrics"].null_count:
         return None

@@ -10,6 +10,7 @@ import logging
 import time
 
 from trainkeep._internal.core.config import CheckpointConfig
+from trainkeep._internal.core.history_rows import history_line
 from trainkeep._internal.core.layout import (
     HISTORY_NAME,
     INTERNAL_DIR,
@@ -17,7 +18,7 @@ from trainkeep._internal.core.layout import (
     RUN_INDEX_NAME,
     TEMP_SUFFIX,
 )
-from trainkeep._internal.core.manifest import HistoryMark, RunIndex, history_line
+from trainkeep._internal.core.manifest import HistoryMark, RunIndex
 from trainkeep._internal.engine.history import HistoryScan
 from trainkeep._internal.engine.run import RunState, is_run, note_config_change, read_run
 from trainkeep._internal.storage import Storage

@@ -13,7 +13,8 @@ from trainkeep._internal.core.manifest import Manifest
 from trainkeep._internal.core.retention import Decision, Record, best_checkpoints
 from trainkeep._internal.engine.checkpoint import Checkpoint
 from trainkeep._internal.engine.corruption import records_of
-from trainkeep._internal.engine.run import RunState, decide_retention, read_manifest
+from trainkeep._internal.engine.run import RunState, decide_retention
+from trainkeep._internal.engine.verify import read_manifest
 from trainkeep._internal.storage import Storage
 
 
