@@ -18,7 +18,7 @@ from trainkeep._internal.trainer.backends.placement import (
     visible_devices,
     worker_bundle,
 )
-from trainkeep._internal.trainer.data_parallel import resolve_executor
+from trainkeep._internal.trainer.executors import resolve_executor
 from trainkeep._internal.trainer.protocol import Layout, Placement
 from trainkeep.torch import torch_envs
 

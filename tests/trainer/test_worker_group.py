@@ -21,7 +21,7 @@ from trainkeep._internal.engine.manager import CheckpointManager
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer.backends.local import LocalWorkerGroup
 from trainkeep._internal.trainer.controller import Controller
-from trainkeep._internal.trainer.data_parallel import local_thread_env
+from trainkeep._internal.trainer.executors import local_thread_env
 from trainkeep._internal.trainer.failures import AttemptFailed
 from trainkeep._internal.trainer.group import Event, Exited, Message, WorkerGroup
 

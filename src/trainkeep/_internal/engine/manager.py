@@ -1,8 +1,11 @@
 """CheckpointManager: the engine. It commits checkpoints, records history, applies retention, and resumes.
 
-The manager orders the work; each protocol lives in one module: opening a run in :mod:`trainkeep._internal.engine.opening`, the
-staged commit in :mod:`trainkeep._internal.engine.commit`, the history rows in :mod:`trainkeep._internal.engine.history`, what retention keeps in
-:mod:`trainkeep._internal.core.retention`. Order of a checkpoint round (DESIGN §5), and what a crash at each point leaves:
+The manager orders the work; each protocol lives in one module: opening a run in
+:mod:`trainkeep._internal.engine.opening`, the staged commit in :mod:`trainkeep._internal.engine.commit`, the history
+rows in :mod:`trainkeep._internal.engine.history`, what retention keeps in :mod:`trainkeep._internal.core.retention`
+and its deletes in :mod:`trainkeep._internal.engine.pruning`, the validation states in
+:mod:`trainkeep._internal.engine.validations`, the read-only views in :mod:`trainkeep._internal.engine.views`.
+Order of a checkpoint round (DESIGN §5), and what a crash at each point leaves:
 
 1. validate metrics, score and name                 -> nothing written
 2. stage: write the intent record, create the dir    -> debris that the next open sweeps
@@ -32,14 +35,12 @@ from trainkeep._internal.core.layout import (
 )
 from trainkeep._internal.core.manifest import FileEntry, IndexEntry, Manifest, encode
 from trainkeep._internal.core.metrics import check_score, normalize_metrics
-from trainkeep._internal.core.retention import Decision
-from trainkeep._internal.core.validation_state import validation_line
 from trainkeep._internal.engine.checkpoint import Checkpoint
 from trainkeep._internal.engine.commit import STAGED, StagedCheckpoint, check_name_free
 from trainkeep._internal.engine.history import HistoryWriter
-from trainkeep._internal.engine.opening import delete_checkpoint, open_run, prepare_run_dir
-from trainkeep._internal.engine.run import RunState, choose_resume, decide_retention, read_history
-from trainkeep._internal.engine.views import RunViews
+from trainkeep._internal.engine.opening import open_run, prepare_run_dir
+from trainkeep._internal.engine.run import RunState, choose_resume, read_history
+from trainkeep._internal.engine.validations import RunValidations
 from trainkeep._internal.storage import Storage, list_source_files, resolve
 from trainkeep._internal.storage.base import TransferStats, format_bytes
 from trainkeep._internal.storage.syscalls import together
@@ -48,7 +49,7 @@ from trainkeep.errors import ConfigTypeError, TrainkeepError
 logger = logging.getLogger(__name__)
 
 
-class CheckpointManager(RunViews):
+class CheckpointManager(RunValidations):
     """Persist, keep and resume the checkpoints of one run, in any training loop.
 
     Opening a path that holds a run resumes it: its committed checkpoints, report index and history continue,
@@ -177,37 +178,6 @@ class CheckpointManager(RunViews):
                 self._history.flush()
                 self._write_index(self._state)
 
-    def validations(self) -> dict[str, dict[str, Any]]:
-        """Return the validation state of every committed checkpoint that has one (see ``IndexEntry.validation``)."""
-        with self._mutex:
-            return {c.name: dict(c.validation) for c in self._state.index.checkpoints if c.validation is not None}
-
-    def update_validation(self, name: str, validation: dict[str, Any]) -> bool:
-        """Put committed checkpoint ``name`` in the validation state ``validation``, then apply retention.
-
-        The state is first appended to the history as a row of kind "validation" (durably: it restores the state
-        if the index is ever rebuilt from the manifests), then the run index is replaced; a VALIDATED state merges
-        the validation's metrics into the checkpoint's, so retention ranks it by them. Returns False, writing
-        nothing, when ``name`` is no longer committed. If the process dies inside, the index says the old state or
-        the new one.
-
-        Raises:
-            InvalidMetricsError for metrics that cannot be merged (nothing written); StorageError.
-        """
-        with self._mutex:
-            self._check_open()
-            entries = self._state.index.checkpoints
-            i = next((i for i, c in enumerate(entries) if c.name == name), None)
-            if i is None:
-                return False
-            entry = entries[i].with_validation(validation)
-            # after the round's own row (owed rows go first), counted by the writer's history mark
-            self._history.append_event(validation_line(entry.round, time.time(), name, entry.metrics, validation))
-            entries[i] = entry
-            self._write_index(self._state)
-            self._apply_retention()
-            return True
-
     # ------------------------------------------------------------------------------------------ the staged commit
 
     def stage(self, name: str, *, existing_ok: bool = False) -> StagedCheckpoint:
@@ -291,40 +261,6 @@ class CheckpointManager(RunViews):
         logger.log(logging.DEBUG if transfer and transfer.showed_progress else logging.INFO,
                    "committed checkpoint %s of run %s: %s", staged.name, self.path,
                    transfer.describe() if transfer else format_bytes(manifest.size))
-
-    # ------------------------------------------------------------------------------------------ retention
-
-    def prune(self, config: CheckpointConfig, dry_run: bool = False, *, corrupt: bool = False) -> Decision:
-        """Apply retention under ``config`` now (e.g. a smaller ``num_to_keep`` after the fact).
-
-        The run's own config is not changed. With ``dry_run`` nothing is deleted. With ``corrupt`` exactly the
-        checkpoints marked corrupt are deleted (nothing else ever deletes them). Returns the decision.
-        """
-        with self._mutex:
-            self._check_open()
-            if dry_run:
-                return decide_retention(self.storage, self.path, self._state.index, config, self.protected,
-                                        corrupt_only=corrupt)
-            return self._apply_retention(config, corrupt_only=corrupt)
-
-    def _apply_retention(self, config: CheckpointConfig | None = None, *, corrupt_only: bool = False) -> Decision:
-        """Delete what retention decides: the index first, then each manifest, then each directory's files."""
-        index = self._state.index
-        decision = decide_retention(self.storage, self.path, index, config or self.config, self.protected,
-                                    corrupt_only=corrupt_only)
-        if not decision.delete:
-            return decision
-        doomed = {r.name for r in decision.delete}
-        index.checkpoints = [c for c in index.checkpoints if c.name not in doomed]
-        index.retiring = sorted(set(index.retiring) | doomed)
-        self._write_index(self._state)
-        for record in decision.delete:
-            logger.debug("retention deletes %s: %s", record.name, decision.reasons[record.name])
-            self._committed_names.discard(record.name)
-            delete_checkpoint(self.storage, self.path, record.name)
-        self.storage.sync_dir(self.path)  # the removals are durable before the index stops listing them
-        index.retiring = [n for n in index.retiring if self.storage.exists(self._dir(n))]
-        return decision
 
     # ------------------------------------------------------------------------------------------ views
 

@@ -8,10 +8,8 @@ files straight into the round's staged directory.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import inspect
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,11 +29,10 @@ from trainkeep._internal.engine.result import Result
 from trainkeep._internal.storage import Storage, resolve
 from trainkeep._internal.trainer import interrupt, sources
 from trainkeep._internal.trainer import protocol as p
-from trainkeep._internal.trainer.backends.local import LocalWorkerGroup
 from trainkeep._internal.trainer.callbacks import CallbackRunner, TrainRunContext
 from trainkeep._internal.trainer.controller import Controller
+from trainkeep._internal.trainer.executors import local_thread_env, place_workers, resolve_executor
 from trainkeep._internal.trainer.failures import AttemptFailed
-from trainkeep._internal.trainer.group import WorkerGroup
 from trainkeep._internal.trainer.setup import WorkerSetup
 from trainkeep._internal.trainer.validation import ValidationRunner, pickled_fn
 from trainkeep.errors import ConfigError, ConfigTypeError
@@ -48,12 +45,6 @@ DEFAULT_REPORT_TIMEOUT_S = 600.0
 EXIT_TIMEOUT_S = 30.0
 """How long workers that returned get to exit on their own before they are killed."""
 
-EXECUTORS = ("local", "ray")
-"""Where the workers run: ``local`` processes on this machine, or ``ray`` actors on a Ray cluster."""
-
-EXECUTOR_ENV = "TRAINKEEP_EXECUTOR"
-"""The environment variable that picks the executor of trainers built with ``executor=None``."""
-
 
 class DataParallelTrainer:
     """Run ``train_loop_per_worker`` on ``scaling_config.num_workers`` workers, on this machine or a Ray cluster.
@@ -63,7 +54,7 @@ class DataParallelTrainer:
             no argument. It is shipped to the workers with cloudpickle, so closures and lambdas work.
         train_loop_config: a dict passed to the function.
         scaling_config: how many workers (default 1); ``resources_per_worker={"CPU": n}`` sets each worker's
-            thread counts (see :func:`local_thread_env`).
+            thread counts (see :func:`~trainkeep._internal.trainer.executors.local_thread_env`).
         run_config: where the run lives, what to keep, how many restarts (default: a fresh timestamped run
             under ``~/trainkeep_results``).
         executor: "local" (worker processes on this machine) or "ray" (Ray actors placed on the cluster this
@@ -268,7 +259,8 @@ class DataParallelTrainer:
         """Run one worker group to its end; on any exit, kill what is left, then sweep unfinished rounds."""
         world_size = self.scaling_config.num_workers
         timeout = self.run_config.report_timeout_s or DEFAULT_REPORT_TIMEOUT_S
-        group, layout = self._place(manager)  # the controller sees only the WorkerGroup interface
+        # the controller sees only the WorkerGroup interface
+        group, layout = place_workers(self.executor, self.scaling_config, manager, self._probe_view)
         try:
             group.start([{**self._thread_env, **env} for env in self._setup.placed_envs(layout)])
         except BaseException:
@@ -289,75 +281,9 @@ class DataParallelTrainer:
                 group.kill()  # first: no worker may still write into a directory that is about to be swept
                 controller.discard()
 
-    def _place(self, manager: CheckpointManager) -> tuple[WorkerGroup, p.Layout]:
-        """Return a new worker group of this trainer's executor, placed, and where its ranks run."""
-        if self.executor == "local":
-            return LocalWorkerGroup(), p.Layout.local(self.scaling_config.num_workers)
-        from trainkeep._internal.trainer.backends import ray as ray_backend
-
-        protocols = manager.storage.fs.protocol
-        is_local = "file" in ((protocols,) if isinstance(protocols, str) else protocols)
-        group = ray_backend.RayWorkerGroup(self.scaling_config, os.path.dirname(manager.path) if is_local else None,
-                                           self._probe_view)
-        return group, group.place()
-
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train_loop_per_worker={getattr(self.train_loop_per_worker, '__name__', '?')}, "
                 f"num_workers={self.scaling_config.num_workers})")
-
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-"""The thread-count variables that ``resources_per_worker={"CPU": n}`` sets in each worker's environment."""
-
-
-def resolve_executor(executor: str | None) -> str:
-    """Return the executor to use: ``executor``, else ``$TRAINKEEP_EXECUTOR``, else "ray" when a Ray driver is
-    initialized in this process, else "local".
-
-    Raises:
-        ConfigTypeError / ConfigError (TypeError / ValueError) for a value that is not one of ``EXECUTORS``
-        (naming where it came from), and ConfigError for "ray" when Ray is not installed.
-    """
-    source = "executor"
-    if executor is None and os.environ.get(EXECUTOR_ENV):
-        executor, source = os.environ[EXECUTOR_ENV], f"the environment variable {EXECUTOR_ENV}"
-    if executor is None:
-        ray = sys.modules.get("ray")  # not imported: certainly not initialized, and no need to pay for the import
-        return "ray" if ray is not None and getattr(ray, "is_initialized", lambda: False)() else "local"
-    if not isinstance(executor, str):
-        raise ConfigTypeError(f"executor must be None or one of {list(EXECUTORS)}, got {executor!r}")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"{source} must be one of {list(EXECUTORS)} (or None for the default), got {executor!r}")
-    if executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConfigError(f"{source}='ray' needs Ray, which is not installed: pip install 'trainkeep[ray]'")
-    return executor
-
-
-def local_thread_env(scaling_config: ScalingConfig, executor: str = "local") -> dict[str, str]:
-    """Return what the local executor makes of ``resources_per_worker``: the thread-count environment.
-
-    The local executor runs every worker on this machine and reserves nothing; ``{"CPU": n}`` caps the threads
-    each worker's math libraries start (OpenMP, MKL, OpenBLAS, NumExpr; torch reads ``OMP_NUM_THREADS``) at
-    ``n`` rounded down, at least 1 (``0`` leaves them alone), as Ray Train does for its workers.
-
-    Raises:
-        ConfigError (a ValueError) for any other resource with the local executor: "GPU" (use
-        ``use_gpu=True``: one device per worker) and custom resources need an executor that places workers by
-        resources (``executor="ray"``, which reserves them all).
-    """
-    resources = scaling_config.resources_per_worker or {}
-    other = sorted(key for key in resources if key != "CPU")
-    if other and executor == "local":
-        raise ConfigError(
-            f"ScalingConfig(resources_per_worker={resources!r}): the local executor honours only 'CPU' (the "
-            f"thread count of each worker), not {other}. For GPUs pass use_gpu=True (one device per worker); "
-            "GPU fractions and custom resources need an executor that places workers by resources: "
-            "executor='ray' (pip install 'trainkeep[ray]')."
-        )
-    if not resources.get("CPU"):
-        return {}
-    threads = str(max(1, int(resources["CPU"])))
-    return dict.fromkeys(THREAD_VARIABLES, threads)
 
 
 def takes_config(fn: Callable[..., Any]) -> bool:
