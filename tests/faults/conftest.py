@@ -25,7 +25,7 @@ from trainkeep._internal.storage import FsspecStorage, RetryPolicy, Storage
 from trainkeep.testing import scratch_dir
 
 _spec = importlib.util.spec_from_file_location(
-    "tk_faults_conformance_conftest", Path(__file__).resolve().parent.parent / "conformance" / "conftest.py")
+    "tk_faults_conformance_conftest", Path(__file__).resolve().parent.parent / "storage" / "conftest.py")
 assert _spec is not None and _spec.loader is not None
 _conformance = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(_conformance)

@@ -2,7 +2,7 @@
 HTTP error responses with an S3 error body (503 SlowDown, 403 AccessDenied...), a reset connection, or a
 stall (read the first ``stall_after`` bytes of the body, then neither read more nor answer until closed).
 
-Loaded by tests/conformance/conftest.py (``fault_proxy`` fixture); not a test module.
+Loaded by tests/storage/conftest.py (``fault_proxy`` fixture); not a test module.
 """
 
 from __future__ import annotations
