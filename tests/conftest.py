@@ -72,6 +72,21 @@ def snapshot() -> Callable[[str], dict[str, tuple]]:
 
 
 @pytest.fixture(scope="session")
+def read_tree() -> Callable[[str], dict[str, bytes]]:
+    """Return a function that reads every file under a local directory: {"/"-joined relative path: bytes}."""
+
+    def read(root: str) -> dict[str, bytes]:
+        out = {}
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                full = os.path.join(dirpath, name)
+                out[os.path.relpath(full, root).replace(os.sep, "/")] = Path(full).read_bytes()
+        return out
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """Start a real moto S3 server on 127.0.0.1 (a free port) once per test process; yield its URL."""
     pytest.importorskip("s3fs")

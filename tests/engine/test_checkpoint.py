@@ -21,14 +21,6 @@ from trainkeep._internal.storage import LocalStorage
 FILES = {"model.pt": b"m" * 5000, "optim/state.pt": b"o" * 300, "optim/deep/rng.bin": b"r"}
 
 
-def _tree(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            out[os.path.relpath(full, root).replace(os.sep, "/")] = Path(full).read_bytes()
-    return out
-
 
 @pytest.fixture
 def committed(run_dir: str, make_source: Callable[..., tk.Checkpoint]) -> tk.Checkpoint:
@@ -57,16 +49,17 @@ def test_from_directory_makes_an_absolute_local_checkpoint(tmp_path: Path, monke
     assert tk.Checkpoint.from_directory(tmp_path / "rel") == checkpoint
 
 
-def test_to_directory_copies_user_files_not_our_manifest(committed: tk.Checkpoint, tmp_path: Path) -> None:
+def test_to_directory_copies_user_files_not_our_manifest(committed: tk.Checkpoint, tmp_path: Path,
+                                                         read_tree: Callable[[str], dict[str, bytes]]) -> None:
     fresh = committed.to_directory()
     try:
-        assert _tree(fresh) == FILES
+        assert read_tree(fresh) == FILES
         assert fresh != committed.path
     finally:
         shutil.rmtree(fresh)
     target = tmp_path / "restore" / "here"
     assert committed.to_directory(target) == str(target)
-    assert _tree(str(target)) == FILES
+    assert read_tree(str(target)) == FILES
 
 
 def test_as_directory_yields_the_local_path_itself(committed: tk.Checkpoint) -> None:
@@ -75,10 +68,11 @@ def test_as_directory_yields_the_local_path_itself(committed: tk.Checkpoint) -> 
     assert Path(committed.path, "model.pt").exists()  # nothing was cleaned up
 
 
-def test_remote_checkpoint_downloads_to_a_temp_dir_removed_on_exit(memory_checkpoint: tk.Checkpoint) -> None:
+def test_remote_checkpoint_downloads_to_a_temp_dir_removed_on_exit(memory_checkpoint: tk.Checkpoint,
+                                                                   read_tree: Callable[[str], dict[str, bytes]]) -> None:
     assert not memory_checkpoint.is_local
     with memory_checkpoint.as_directory() as d:
-        assert os.path.isdir(d) and _tree(d) == FILES
+        assert os.path.isdir(d) and read_tree(d) == FILES
     assert not os.path.exists(d)
 
 
@@ -165,7 +159,8 @@ def test_missing_directory_is_a_file_not_found_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("store", ["local", "memory"])
 def test_to_directory_restores_a_name_of_255_bytes(run_dir: str, make_source: Callable[..., tk.Checkpoint],
-                                                   tmp_path: Path, store: str) -> None:
+                                                   tmp_path: Path, store: str,
+                                                   read_tree: Callable[[str], dict[str, bytes]]) -> None:
     """A name at NAME_MAX commits, so it must restore: the download's temp name is not the name plus a suffix
     (issue 14.1: before the fix to_directory failed with ENAMETOOLONG after the commit)."""
     files = {"n" * 255: b"long", "sub/" + "é" * 127: b"long utf-8"}
@@ -174,8 +169,8 @@ def test_to_directory_restores_a_name_of_255_bytes(run_dir: str, make_source: Ca
     with tk.CheckpointManager(url, storage_filesystem=None if store == "local" else fs) as manager:
         committed = manager.report({"epoch": 0}, make_source(files))
     assert committed is not None
-    assert _tree(committed.to_directory(str(tmp_path / "out"))) == files
-    assert _tree(committed.to_directory(str(tmp_path / "out"))) == files  # again, replacing the files
+    assert read_tree(committed.to_directory(str(tmp_path / "out"))) == files
+    assert read_tree(committed.to_directory(str(tmp_path / "out"))) == files  # again, replacing the files
     with committed.as_directory() as local:
-        assert {k: v for k, v in _tree(local).items() if k != MANIFEST_NAME} == files
+        assert {k: v for k, v in read_tree(local).items() if k != MANIFEST_NAME} == files
     assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".trainkeep_tmp")]

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,14 +112,6 @@ def _expected(root: Path) -> dict[str, bytes] | None:
     return out
 
 
-def _restored(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            out[os.path.relpath(full, root).replace(os.sep, "/")] = Path(full).read_bytes()
-    return out
-
 
 def _listing(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, bytes]:
     fs.invalidate_cache()
@@ -133,7 +126,8 @@ def _announce_seed() -> None:
 @pytest.mark.parametrize("store", ["local", "memory"])
 @_replayable
 @given(entries=_entries)
-def test_fuzz_a_report_round_trips_or_leaves_nothing(store: str, entries: list[Entry]) -> None:
+def test_fuzz_a_report_round_trips_or_leaves_nothing(store: str, entries: list[Entry],
+                                                     read_tree: Callable[[str], dict[str, bytes]]) -> None:
     work = Path(tempfile.mkdtemp(prefix="tk-fuzz-"))
     memory = fsspec.filesystem("memory")
     url = str(work / "run") if store == "local" else f"memory://fuzz-{uuid.uuid4().hex}/run"
@@ -153,9 +147,9 @@ def test_fuzz_a_report_round_trips_or_leaves_nothing(store: str, entries: list[E
             expected = _expected(work / "src")
             assert expected is not None, "a source with a loop or a dangling link was accepted"
             assert committed is not None and manager.resume_checkpoint() == committed
-            assert _restored(committed.to_directory(str(work / "restored"))) == expected
+            assert read_tree(committed.to_directory(str(work / "restored"))) == expected
             with committed.as_directory() as local:
-                assert {k: v for k, v in _restored(local).items() if k != MANIFEST_NAME} == expected
+                assert {k: v for k, v in read_tree(local).items() if k != MANIFEST_NAME} == expected
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if store == "memory" and memory.exists(url):

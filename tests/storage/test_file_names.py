@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,6 @@ def _write(root: Path, names: list[str]) -> dict[str, bytes]:
     return files
 
 
-def _tree(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            out[os.path.relpath(full, root).replace(os.sep, "/")] = Path(full).read_bytes()
-    return out
-
 
 def _cli(backend: Any, *args: str) -> tuple[int, str]:
     """Run the CLI on ``backend``: in this process for memory (it lives here), as the console script otherwise."""
@@ -83,7 +76,8 @@ def _cli(backend: Any, *args: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_every_accepted_name_round_trips(backend: Any, tmp_path: Path) -> None:
+def test_every_accepted_name_round_trips(backend: Any, tmp_path: Path,
+                                         read_tree: Callable[[str], dict[str, bytes]]) -> None:
     files = _write(tmp_path / "src", ACCEPTED)
     with backend.manager() as manager:
         committed = manager.report({"epoch": 0}, tk.Checkpoint.from_directory(tmp_path / "src"))
@@ -91,7 +85,7 @@ def test_every_accepted_name_round_trips(backend: Any, tmp_path: Path) -> None:
         assert verify_checkpoint(manager.storage, manager.path, "checkpoint_000000") == []
         assert manager.resume_checkpoint() == committed
     restored = committed.to_directory(str(tmp_path / "out"))
-    assert _tree(restored) == files
+    assert read_tree(restored) == files
     url = backend.url("run")
     code, out = _cli(backend, "verify", url, "--json")
     assert code == 0, out
