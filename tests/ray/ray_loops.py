@@ -43,7 +43,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(epoch0, len(config["losses"])):
         gate = config.get("gate")
         if gate and gate[0] == epoch:
-            log(config["log"], f"gate rank={rank} node={node_id}")
+            log(config["log"], f"gate rank={rank} pid={os.getpid()} node={node_id}")
             while not os.path.exists(gate[1]):
                 time.sleep(0.05)
         with tempfile.TemporaryDirectory() as d:

@@ -160,6 +160,13 @@ def test_a_torch_trainer_joins_its_ray_workers_into_one_process_group(ray_cluste
         assert s["LOCAL_WORLD_SIZE"] == str(sum(t["node"] == s["node"] for t in seen))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_removed_node_is_a_worker_failure_and_the_run_resumes_on_the_nodes_left(ray_cluster, s3, tmp_path,
                                                                                   log_path) -> None:
     gate = str(tmp_path / "gate")
@@ -177,6 +184,12 @@ def test_a_removed_node_is_a_worker_failure_and_the_run_resumes_on_the_nodes_lef
         node = next(n for n in ray_cluster.worker_nodes if n.node_id in used)
         removed.append(node.node_id)
         ray_cluster.remove_node(node, allow_graceful=False)  # SIGKILL: the node's raylet and workers die at once
+        # the node's worker processes end a moment after its raylet: open the gate only once they are gone, or
+        # a rank of the removed node could still report epoch 2 and the run would resume from checkpoint_000002
+        doomed = [int(line.split("pid=")[1].split()[0]) for line in gated if line.endswith(f"node={node.node_id}")]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(pid) for pid in doomed):
+            time.sleep(0.05)
         open(gate, "w").close()
 
     remover = threading.Thread(target=remove_a_worker_node, daemon=True)
