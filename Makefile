@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-manager test lint bench bench-ray clean
+.PHONY: venv demo demo-manager test lint bench bench-ray bench-ray-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 ## Side by side with Ray Train 2.60 (installs Ray into a separate .venv-bench; never part of `make test`).
 bench-ray:
 	bash benchmarks/bench_vs_ray.sh
+
+## Issue 12: the report round on a simulated 3-node Ray cluster, trainkeep's Ray executor vs Ray Train 2.60.
+bench-ray-cluster: $(STAMP)
+	PYTHONPATH=src $(PY) benchmarks/bench_ray_cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo_runs
