@@ -45,7 +45,7 @@ import soak_loop
 import trainkeep as tk
 from trainkeep._internal.core.layout import INTENT_PREFIX, INTERNAL_DIR, TEMP_SUFFIX
 from trainkeep._internal.core.retention import Record, decide
-from trainkeep._internal.engine.run import read_run
+from trainkeep._internal.engine.run import is_run, read_run
 from trainkeep._internal.engine.verify import read_manifest, verify_checkpoint
 from trainkeep._internal.storage import LocalStorage
 
@@ -154,6 +154,9 @@ def _debris(storage: LocalStorage, run: str, present: set[str], retiring: set[st
 def audit_run(run: str, seed: int, events: list[dict[str, Any]]) -> Audit:
     """Read the quiescent run (nothing written) and classify what is on storage."""
     storage = LocalStorage()
+    if not is_run(storage, run):  # the first driver was killed before it opened the run: nothing to lose
+        assert not any(e["event"] == "committed" for e in events), "commits were logged, but there is no run"
+        return Audit(None, set())
     state = read_run(storage, run, CONFIG)
     present = {entry.name for entry in state.index.checkpoints}
     logged = {e["name"]: e for e in events if e["event"] == "committed"}
