@@ -53,6 +53,8 @@ def _must_keep(committed: dict[int, dict[str, Any]]) -> set[int]:
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():  # the first child was killed before it logged anything
+        return []
     events = []
     for line in path.read_bytes().split(b"\n"):
         try:
