@@ -30,6 +30,7 @@ from trainkeep._internal.trainer.session import (
     get_all_reported_checkpoints,
     get_checkpoint,
     get_context,
+    get_dataset_shard,
     report,
 )
 from trainkeep._internal.trainer.trainable import Trainable, TrainableTrainer
@@ -42,6 +43,7 @@ from trainkeep.errors import (
     ConfigTypeError,
     ControllerError,
     CorruptRunError,
+    DatasetNotFoundError,
     IncompatibleRunError,
     InvalidCheckpointNameError,
     InvalidMetricsError,
@@ -72,6 +74,7 @@ __all__ = [
     "ConfigTypeError",
     "ControllerError",
     "CorruptRunError",
+    "DatasetNotFoundError",
     "DataParallelTrainer",
     "FailureConfig",
     "IncompatibleRunError",
@@ -96,6 +99,7 @@ __all__ = [
     "__version__",
     "get_checkpoint",
     "get_context",
+    "get_dataset_shard",
     "report",
     "TensorBoardCallback",
     "UserCallback",

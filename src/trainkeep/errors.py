@@ -117,6 +117,13 @@ class SessionError(TrainkeepError, RuntimeError):
     """A session function was called outside of a training run."""
 
 
+class DatasetNotFoundError(TrainkeepError, KeyError):
+    """``get_dataset_shard(name)`` named no dataset of the trainer (a KeyError, as in Ray Train)."""
+
+    def __str__(self) -> str:  # the message, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
+
+
 class TrainingFailedError(TrainkeepError, RuntimeError):
     """The training run failed and no retries are left.
 

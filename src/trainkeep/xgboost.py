@@ -75,10 +75,11 @@ class XGBoostTrainer(DataParallelTrainer):
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
-                 executor: str | None = None) -> None:
+                 executor: str | None = None, datasets: dict[str, Any] | None = None) -> None:
         require("xgboost", "xgboost", "xgboost-cpu")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
-                         scaling_config=scaling_config, run_config=run_config, executor=executor)
+                         scaling_config=scaling_config, run_config=run_config, executor=executor,
+                         datasets=datasets)
         self._setup = _XGBoostSetup()
 
 

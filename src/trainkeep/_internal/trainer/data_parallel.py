@@ -27,6 +27,7 @@ from trainkeep._internal.engine.checkpoint import Checkpoint
 from trainkeep._internal.engine.manager import CheckpointManager
 from trainkeep._internal.engine.result import Result
 from trainkeep._internal.storage import Storage, resolve
+from trainkeep._internal.trainer import datasets as datasets_module
 from trainkeep._internal.trainer import interrupt, sources
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer.callbacks import CallbackRunner, TrainRunContext
@@ -62,11 +63,16 @@ class DataParallelTrainer:
             else "local", unless the environment variable ``TRAINKEEP_EXECUTOR`` names one.
         validation_config: how checkpoints reported with ``report(..., validation=True)`` are validated, in a
             process of their own while training goes on (see :mod:`trainkeep._internal.trainer.validation`).
+        datasets: name -> dataset; each worker gets its shard from ``trainkeep.get_dataset_shard(name)``. Any
+            executor takes a sized indexable (a numpy array, a list or tuple, a torch map-style Dataset or
+            Tensor, a pandas DataFrame), split into contiguous blocks in rank order; ``executor="ray"`` also
+            takes a ``ray.data.Dataset`` (or a function returning one), split per attempt with Ray Data's
+            ``streaming_split`` (see :mod:`trainkeep._internal.trainer.datasets`).
 
     Raises:
         ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments (an unknown executor, "ray"
         without Ray installed, and for the local executor ``resources_per_worker`` keys other than "CPU",
-        which it cannot honour), and a ValueError when the
+        which it cannot honour; a dataset the executor cannot shard, naming it), and a ValueError when the
         CheckpointConfig asks for ``checkpoint_frequency`` or ``checkpoint_at_end``, which a training function
         that owns its loop cannot honour: report a checkpoint from the loop instead.
     """
@@ -78,10 +84,12 @@ class DataParallelTrainer:
     # tests only: how each node of a Ray cluster sees the shared-storage probe (see backends/ray.py)
     _probe_view: Callable[[str, int], str] | None = None
     _callbacks: CallbackRunner | None = None  # the run's user callbacks, set by fit()
+    _datasets = datasets_module.Prepared({}, [], {})  # the datasets ready to travel, set by fit()
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
-                 executor: str | None = None, validation_config: ValidationConfig | None = None) -> None:
+                 executor: str | None = None, validation_config: ValidationConfig | None = None,
+                 datasets: dict[str, Any] | None = None) -> None:
         if not callable(train_loop_per_worker):
             raise ConfigTypeError(f"train_loop_per_worker must be a function, got {train_loop_per_worker!r}")
         if train_loop_config is not None and not isinstance(train_loop_config, dict):
@@ -105,6 +113,7 @@ class DataParallelTrainer:
         self._check_checkpoint_timing()
         self.executor = resolve_executor(executor)
         self._thread_env = local_thread_env(self.scaling_config, self.executor)
+        self.datasets = datasets_module.check(datasets, self.executor)
 
     def _check_checkpoint_timing(self) -> None:
         config = self.run_config.checkpoint_config
@@ -143,6 +152,7 @@ class DataParallelTrainer:
             # 1. Pickle what the workers need; nothing is written if that fails.
             storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
             run_url = self._run_url(str(storage_path))
+            self._datasets = datasets_module.prepare(self.datasets, self.scaling_config.num_workers)
             spec = self._pickled_spec(str(storage_path), run_url)
             if self.executor == "ray":  # connect, and refuse what the cluster could never hold, before any write
                 from trainkeep._internal.trainer.backends import ray as ray_backend
@@ -206,6 +216,7 @@ class DataParallelTrainer:
             self._name, storage_path, run_path, storage.fs, self.run_config.checkpoint_config, self._setup,
             self.scaling_config.use_gpu, self._storage_wrapper, sources.code_files(self.train_loop_per_worker),
             validation=self.validation_config is not None,
+            datasets=self._datasets.whole,
         )
         try:
             return cloudpickle.dumps(spec)
@@ -262,6 +273,11 @@ class DataParallelTrainer:
         # the controller sees only the WorkerGroup interface
         group, layout = place_workers(self.executor, self.scaling_config, manager, self._probe_view)
         try:
+            if self._datasets.ray:  # a fresh split for every attempt: the old iterators went with the old group
+                from trainkeep._internal.trainer.backends import ray as ray_backend
+
+                assert isinstance(group, ray_backend.RayWorkerGroup)  # the only executor that accepts them
+                group.split_datasets(self._datasets.ray)
             group.start([{**self._thread_env, **env} for env in self._setup.placed_envs(layout)])
         except BaseException:
             group.kill()
@@ -272,7 +288,7 @@ class DataParallelTrainer:
             for rank in range(world_size):
                 placement = layout.placements[rank] if self.executor == "ray" else None
                 group.send(rank, p.Boot(list(sys.path), spec, rank, start.path if start else None, attempt,
-                                        placement))
+                                        placement, self._datasets.per_rank[rank]))
             value = controller.run()
             group.join(EXIT_TIMEOUT_S)
             return value

@@ -57,6 +57,7 @@ class WorkerSpec:
     storage_wrapper: StorageWrapper | None = None  # fault injection in tests: see trainkeep.testing.injection
     code_files: dict[tuple[str, int], str] = field(default_factory=dict)  # see trainer/sources.py
     validation: bool = False  # the trainer has a validation_config (report(validation=...) is allowed)
+    datasets: dict[str, Any] | None = None  # datasets that travel whole (trainer/datasets.py); None: no datasets=
 
 # ---------------------------------------------------------------------------------------------- to the driver
 
@@ -143,6 +144,7 @@ class Boot(NamedTuple):
     start_checkpoint: str | None
     attempt: int
     placement: Placement | None = None  # None: every rank on one machine (the local executor)
+    shards: bytes | None = None  # this rank's slices of the datasets, pickled (trainer/datasets.py)
 
 
 class Dest(NamedTuple):

@@ -23,7 +23,7 @@ from trainkeep._internal.trainer import reported
 from trainkeep._internal.trainer.context import TrainContext
 from trainkeep._internal.trainer.uploader import AsyncUploader, Inbox
 from trainkeep._internal.trainer.uploads import Uploads
-from trainkeep.errors import ConfigTypeError, SessionError
+from trainkeep.errors import ConfigTypeError, DatasetNotFoundError, SessionError
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,9 @@ class Session(Uploads):
     background_receive: bool = True
 
     def __init__(self, conn: Connection, spec: p.WorkerSpec, rank: int, start_checkpoint: str | None,
-                 placement: p.Placement | None = None) -> None:
+                 placement: p.Placement | None = None, shards: dict[str, Any] | None = None) -> None:
         self.spec, self.rank, self.context = spec, rank, TrainContext(spec, rank, placement)
+        self._shards = shards  # this rank's shard of each dataset; None: not a trainer's run (trainkeep.init())
         self._conn = conn
         self._storage = storage_for(spec.filesystem)
         if spec.storage_wrapper is not None:  # tests only: trainkeep.testing.injection
@@ -120,6 +121,26 @@ class Session(Uploads):
             raise
         self._send(p.ListReported(mode.value, timeout))
         return reported.to_reported(self._recv(p.Reported).checkpoints, self.spec.filesystem)
+
+    def get_dataset_shard(self, dataset_name: str | None) -> Any:
+        """Return this rank's shard of the trainer's dataset ``dataset_name`` (see :func:`get_dataset_shard`)."""
+        try:
+            if self._shards is None:
+                raise SessionError(
+                    "trainkeep.get_dataset_shard() returns a shard of a trainer's datasets=, and a script that joined "
+                    "its run with trainkeep.init() (torchrun, srun, mpirun) has none: load this rank's part of the "
+                    "data in the script (e.g. with torch's DistributedSampler, or "
+                    "trainkeep.torch.prepare_data_loader), or run the function with a trainer and datasets=")
+            try:
+                return self._shards[dataset_name]  # type: ignore[index]
+            except (KeyError, TypeError):
+                raise DatasetNotFoundError(
+                    f"Dataset shard for {dataset_name!r} not found: the trainer's datasets are "
+                    f"{sorted(self._shards)}. Pass it in the trainer's datasets argument, e.g. "
+                    f"DataParallelTrainer(..., datasets={{{dataset_name!r}: ...}})") from None
+        except Exception as exc:  # the same call would fail again: the run fails without a retry
+            self.bad_input = exc
+            raise
 
     def finish(self) -> None:
         """Wait for this worker's background uploads; raise the first upload error, if any."""
@@ -240,3 +261,18 @@ def get_all_reported_checkpoints(
     """
     return _current("get_all_reported_checkpoints").list_reported(consistency_mode, timeout_s)
 
+
+def get_dataset_shard(dataset_name: str | None = None) -> Any:
+    """Return this worker's shard of the trainer's dataset ``dataset_name`` (``datasets={name: ...}``).
+
+    For a sized indexable (a numpy array, a list, a torch Dataset, ...) it is this rank's contiguous block of
+    rows, of a natural type (see ``trainkeep._internal.trainer.datasets``); for a ``ray.data.Dataset`` with the
+    Ray executor, this rank's ``DataIterator`` of Ray Data's ``streaming_split``, as in Ray Train. The shards of
+    all ranks together hold every row once. Call it as often as needed: it returns the same object each time.
+
+    Raises:
+        SessionError (a RuntimeError) outside a trainer's training function, and in a script joined to its
+        run with ``trainkeep.init()``, which has no datasets; DatasetNotFoundError (a KeyError, as in Ray) for a
+        name that is not one of the trainer's datasets: the run then fails without a retry.
+    """
+    return _current("get_dataset_shard").get_dataset_shard(dataset_name)

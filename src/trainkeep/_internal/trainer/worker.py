@@ -16,9 +16,9 @@ from typing import Any
 
 import cloudpickle
 
+from trainkeep._internal.trainer import datasets, sources
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer import session as session_module
-from trainkeep._internal.trainer import sources
 from trainkeep._internal.trainer.failures import pack_exception
 
 
@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
-def serve(conn: Connection) -> int:
+def serve(conn: Connection, ray_shards: dict[str, Any] | None = None) -> int:
     """Receive the Boot message on ``conn``, run the training function it names; return the exit code.
 
     The entry of every executor: a local worker process calls it on its socket pair, a Ray actor on its TCP
-    connection to the driver.
+    connection to the driver (with its ``ray.data`` shards, ``ray_shards``, handed over by Ray).
     """
     try:
         boot: p.Boot = conn.recv()
@@ -46,21 +46,23 @@ def serve(conn: Connection) -> int:
     for entry in reversed(boot.sys_path):  # the driver's import path, so functions pickled by reference load
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    code = run(conn, boot)
+    code = run(conn, boot, ray_shards)
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
     return code
 
 
-def run(conn: Connection, boot: p.Boot) -> int:
+def run(conn: Connection, boot: p.Boot, ray_shards: dict[str, Any] | None = None) -> int:
     """Run the training function of ``boot`` in a session on ``conn``; return the exit code."""
     session: session_module.Session | None = None
     try:
         spec: p.WorkerSpec = cloudpickle.loads(boot.spec)
         with contextlib.suppress(Exception):  # only cosmetic: tracebacks show the user's files and lines
             sources.restore_files(spec.train_fn, spec.code_files)
-        session = session_module.Session(conn, spec, boot.rank, boot.start_checkpoint, boot.placement)
+        shards = None if spec.datasets is None else datasets.worker_shards(
+            spec.datasets, boot.shards, boot.rank, spec.world_size, ray_shards)
+        session = session_module.Session(conn, spec, boot.rank, boot.start_checkpoint, boot.placement, shards)
         session_module.install(session)
         spec.setup.start(session.context, spec)
         value = _call(spec)

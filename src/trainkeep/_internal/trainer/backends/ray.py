@@ -25,6 +25,7 @@ from typing import Any
 
 from trainkeep._internal.core.config import ScalingConfig
 from trainkeep._internal.trainer.backends.placement import Landing, assign_ranks, check_fits, worker_bundle
+from trainkeep._internal.trainer.datasets import resolve_ray
 from trainkeep._internal.trainer.group import Event, Exited, Message, WorkerGroup
 from trainkeep._internal.trainer.protocol import Layout
 from trainkeep.errors import ConfigError, PlacementTimeoutError, WorkerStartError
@@ -65,7 +66,8 @@ class _WorkerActor:
         except OSError:
             return None
 
-    def serve(self, address: tuple[str, int], authkey: bytes, rank: int, env: dict[str, str]) -> int:
+    def serve(self, address: tuple[str, int], authkey: bytes, rank: int, env: dict[str, str],
+              shards: dict[str, Any] | None = None) -> int:
         from trainkeep._internal.trainer import worker
 
         os.environ.update(env)
@@ -76,7 +78,7 @@ class _WorkerActor:
             answer_challenge(conn, authkey)  # the driver's listener checks this end first, then proves itself
             deliver_challenge(conn, authkey)
             conn.send(rank)
-            return worker.serve(conn)
+            return worker.serve(conn, shards)
         finally:
             conn.close()
 
@@ -117,6 +119,7 @@ class RayWorkerGroup(WorkerGroup):
         self._pg: Any = None
         self._actors: list[Any] = []  # every actor started, by bundle: kill() reaches them before ranks exist
         self._ranks: list[_Rank] = []
+        self._shards: list[dict[str, Any]] | None = None  # each rank's ray.data iterators, by dataset name
 
     # ------------------------------------------------------------------------------------------ placement
 
@@ -189,6 +192,25 @@ class RayWorkerGroup(WorkerGroup):
                 "Use storage that every node sees: a shared file system mounted at the same path on every node, "
                 "or object storage such as storage_path='s3://bucket/runs'.")
 
+    def split_datasets(self, datasets: dict[str, Any]) -> None:
+        """Split each ``ray.data`` dataset among the placed ranks; rank r's iterators go with its start.
+
+        Each dataset (or what its function returns, called now: once per attempt, as Ray Train does) is split
+        with ``streaming_split(world_size, equal=True)`` and the ranks' node ids as locality hints, so every
+        rank gets the same number of rows (up to ``world_size - 1`` rows are dropped when they do not divide).
+        Ray carries the iterators to the actors with the call that starts them.
+
+        Raises:
+            ConfigTypeError (a TypeError) when a dataset function returned something else than a Dataset.
+        """
+        node_ids = [r.landing.node_id for r in self._ranks]
+        shards: list[dict[str, Any]] = [{} for _ in node_ids]
+        for name, dataset in datasets.items():
+            splits = resolve_ray(name, dataset).streaming_split(len(node_ids), equal=True, locality_hints=node_ids)
+            for rank, iterator in enumerate(splits):
+                shards[rank][name] = iterator
+        self._shards = shards
+
     # ------------------------------------------------------------------------------------------ WorkerGroup
 
     def start(self, envs: list[dict[str, str]]) -> None:
@@ -208,7 +230,8 @@ class RayWorkerGroup(WorkerGroup):
             with socket.create_server((host, 0), family=family) as listener:
                 address = listener.getsockname()[:2]
                 for rank, (r, env) in enumerate(zip(self._ranks, envs, strict=True)):
-                    r.ref = r.actor.serve.remote(address, authkey, rank, env)
+                    shards = self._shards[rank] if self._shards is not None else None
+                    r.ref = r.actor.serve.remote(address, authkey, rank, env, shards)
                 self._accept(ray, listener, authkey)
         except BaseException:
             self.kill()
@@ -352,6 +375,7 @@ class RayWorkerGroup(WorkerGroup):
             with contextlib.suppress(Exception):
                 remove_placement_group(self._pg)
             self._pg = None
+        self._shards = None  # Ray ends the split's coordinator once no handle to it is left
 
 
 def _actor_died(ray: Any, ref: Any) -> bool:
