@@ -21,6 +21,7 @@ from trainkeep._internal.engine.manager import CheckpointManager
 from trainkeep._internal.engine.result import Result
 from trainkeep._internal.trainer import DataParallelTrainer
 from trainkeep._internal.trainer.callbacks import TensorBoardCallback
+from trainkeep._internal.trainer.datasets import DataConfig
 from trainkeep._internal.trainer.reported import (
     CheckpointConsistencyMode,
     ReportedCheckpoint,
@@ -75,6 +76,7 @@ __all__ = [
     "ControllerError",
     "CorruptRunError",
     "DatasetNotFoundError",
+    "DataConfig",
     "DataParallelTrainer",
     "FailureConfig",
     "IncompatibleRunError",

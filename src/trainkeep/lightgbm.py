@@ -16,6 +16,7 @@ from trainkeep._internal.core.config import RunConfig, ScalingConfig
 from trainkeep._internal.integrations._common import require
 from trainkeep._internal.integrations.lightgbm import RayTrainReportCallback, TrainkeepReportCallback
 from trainkeep._internal.trainer.data_parallel import DataParallelTrainer
+from trainkeep._internal.trainer.datasets import DataConfig
 from trainkeep._internal.trainer.setup import WorkerSetup
 
 _ENV = "TRAINKEEP_LIGHTGBM_MACHINES"
@@ -64,11 +65,12 @@ class LightGBMTrainer(DataParallelTrainer):
 
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
-                 executor: str | None = None, datasets: dict[str, Any] | None = None) -> None:
+                 executor: str | None = None, datasets: dict[str, Any] | None = None,
+                 dataset_config: DataConfig | None = None) -> None:
         require("lightgbm", "lightgbm")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
                          scaling_config=scaling_config, run_config=run_config, executor=executor,
-                         datasets=datasets)
+                         datasets=datasets, dataset_config=dataset_config)
         self._setup = _LightGBMSetup()
 
 

@@ -23,6 +23,7 @@ from trainkeep._internal.integrations.torch_device import (
     rank_and_world,
 )
 from trainkeep._internal.trainer.data_parallel import DataParallelTrainer
+from trainkeep._internal.trainer.datasets import DataConfig
 from trainkeep._internal.trainer.protocol import Layout
 from trainkeep._internal.trainer.setup import WorkerSetup
 from trainkeep.errors import ConfigError, ConfigTypeError, MissingDependencyError
@@ -119,14 +120,15 @@ class TorchTrainer(DataParallelTrainer):
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  torch_config: TorchConfig | None = None, scaling_config: ScalingConfig | None = None,
                  run_config: RunConfig | None = None, executor: str | None = None,
-                 validation_config: ValidationConfig | None = None, datasets: dict[str, Any] | None = None) -> None:
+                 validation_config: ValidationConfig | None = None, datasets: dict[str, Any] | None = None,
+                 dataset_config: DataConfig | None = None) -> None:
         if importlib.util.find_spec("torch") is None:
             raise MissingDependencyError(INSTALL_HINT)
         if torch_config is not None and not isinstance(torch_config, TorchConfig):
             raise ConfigTypeError(f"torch_config must be a trainkeep.torch.TorchConfig, got {torch_config!r}")
         super().__init__(train_loop_per_worker, train_loop_config=train_loop_config,
                          scaling_config=scaling_config, run_config=run_config, executor=executor,
-                         validation_config=validation_config, datasets=datasets)
+                         validation_config=validation_config, datasets=datasets, dataset_config=dataset_config)
         self._setup = _TorchSetup(torch_config or TorchConfig(), self.scaling_config.use_gpu)
 
     def fit(self) -> Result:

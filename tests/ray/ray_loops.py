@@ -88,3 +88,23 @@ def connections(config: dict[str, Any]) -> dict[str, Any]:
     tk.report({"rank": tk.get_context().get_world_rank()})
     return {"mine": of(os.getpid()), "driver": of(config["driver_pid"]), "my_ports": ports(os.getpid()),
             "driver_ports": ports(config["driver_pid"])}
+
+
+def read_shards(config: dict[str, Any]) -> None:
+    """Read this rank's shard of "rows" (ray.data) and "items" (a list) each epoch, log what it saw, report.
+
+    ``config["fail_once"] = [rank, marker]``: that rank fails after its first epoch of the first attempt.
+    """
+    import json
+
+    rank = tk.get_context().get_world_rank()
+    rows, items = tk.get_dataset_shard("rows"), tk.get_dataset_shard("items")
+    rank_fails, marker = config.get("fail_once", [None, ""])
+    for epoch in range(config["epochs"]):
+        ids = [int(row["id"]) for row in rows.iter_rows()]
+        log(config["log"], json.dumps({"rank": rank, "epoch": epoch, "type": type(rows).__name__, "ids": ids,
+                                       "items": items, "retry": bool(marker) and os.path.exists(marker)}))
+        tk.report({"epoch": epoch})
+        if rank == rank_fails and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("rank fails after its first epoch, on purpose")

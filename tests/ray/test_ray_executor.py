@@ -6,6 +6,7 @@ One cluster serves the whole module (see conftest.py); the test that removes a n
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import threading
 import time
@@ -158,6 +159,39 @@ def test_a_torch_trainer_joins_its_ray_workers_into_one_process_group(ray_cluste
                for s in seen)
     for s in seen:  # LOCAL_WORLD_SIZE counts the workers of the rank's node
         assert s["LOCAL_WORLD_SIZE"] == str(sum(t["node"] == s["node"] for t in seen))
+
+
+def test_a_ray_dataset_is_split_among_the_ranks_and_split_afresh_after_a_restart(ray_cluster, s3, tmp_path,
+                                                                                   log_path) -> None:
+    import ray
+
+    marker = str(tmp_path / "failed")
+    tk.DataParallelTrainer(
+        loops.read_shards, train_loop_config={"log": log_path, "epochs": 2, "fail_once": [1, marker]},
+        datasets={"rows": lambda: ray.data.range(40, override_num_blocks=4), "items": list(range(5))},
+        scaling_config=tk.ScalingConfig(num_workers=2),
+        run_config=_run_config(s3, "datasets", failure_config=tk.FailureConfig(max_failures=1))).fit()
+
+    seen = [json.loads(line) for line in read_log(log_path)]
+    assert {s["type"] for s in seen} == {"StreamSplitDataIterator"}
+    assert any(not s["retry"] for s in seen)  # the first attempt read before rank 1 failed
+    retry = [s for s in seen if s["retry"]]
+    for epoch in (0, 1):  # the new attempt's shards hold every row once per epoch, equally split
+        shards = sorted((s for s in retry if s["epoch"] == epoch), key=lambda s: s["rank"])
+        assert [s["rank"] for s in shards] == [0, 1]
+        assert sorted(i for s in shards for i in s["ids"]) == list(range(40))
+        assert [len(s["ids"]) for s in shards] == [20, 20]
+        assert [s["items"] for s in shards] == [[0, 1, 2], [3, 4]]  # a list: the local executor's split
+
+
+def test_a_ray_dataset_needs_the_ray_executor(ray_cluster, s3) -> None:
+    import ray
+
+    with pytest.raises(tk.ConfigTypeError, match=r"datasets\['train'\] is a ray.data.dataset.Dataset: a ray.data.Dataset "
+                                                 r".* needs the Ray executor .*executor='ray'"):
+        tk.DataParallelTrainer(lambda: None, datasets={"train": ray.data.range(4)}, executor="local",
+                               run_config=_run_config(s3, "local_ray_data"))
+    assert not s3.exists(f"{s3.bucket_name}/runs/local_ray_data")
 
 
 def _alive(pid: int) -> bool:

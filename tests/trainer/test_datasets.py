@@ -60,11 +60,15 @@ def test_each_rank_gets_its_contiguous_block_of_every_dataset_in_a_natural_type(
                                                                                   loop_config) -> None:
     cases = {**DATASETS, **(TORCH_DATASETS if world_size == 2 else {})}
     given = {name: make() for name, (make, _) in cases.items()}
-    tk.DataParallelTrainer(loops.log_shards, train_loop_config={**loop_config, "names": list(cases)},
-                           datasets=given, scaling_config=tk.ScalingConfig(num_workers=world_size),
+    unsplit = {"val": [7, 8, 9], "val_own": loops.Squares(3)}  # DataConfig leaves them whole: every rank has all
+    tk.DataParallelTrainer(loops.log_shards, train_loop_config={**loop_config, "names": [*cases, *unsplit]},
+                           datasets={**given, **unsplit}, scaling_config=tk.ScalingConfig(num_workers=world_size),
+                           dataset_config=tk.DataConfig(datasets_to_split=[*cases, "not_a_dataset"]),
                            run_config=make_run()).fit()
 
     shards = _shards(loop_config["log"])
+    assert [e["rows"] for e in shards[(0, "val")]] == [[7, 8, 9]] * world_size
+    assert [(e["type"], e["rows"]) for e in shards[(0, "val_own")]] == [("Squares", [0, 1, 4])] * world_size
     for name, (make, kind) in cases.items():
         per_rank = shards[(0, name)]
         assert [e["rank"] for e in per_rank] == list(range(world_size)), name
@@ -152,6 +156,22 @@ def test_a_dataset_that_cannot_be_sharded_is_a_type_error_at_construction_and_no
     assert says in str(caught.value) and also in str(caught.value)
     if isinstance(given, dict) and all(isinstance(k, str) for k in given):
         assert "numpy array, a list or tuple, a torch Tensor, a torch map-style Dataset" in str(caught.value)
+    assert not os.path.exists(storage)
+
+
+@pytest.mark.parametrize("to_split", ["hello", {}, ["train", 3]])
+def test_datasets_to_split_is_all_or_a_list_of_names_as_in_ray(to_split) -> None:
+    with pytest.raises(TypeError, match="`datasets_to_split` should be a 'all' or a list of strings"):
+        tk.DataConfig(datasets_to_split=to_split)
+
+
+def test_ray_data_execution_options_need_the_ray_executor(make_run, storage) -> None:
+    with pytest.raises(tk.ConfigError, match=r"DataConfig\(execution_options=\{'x': 1\}\) sets Ray Data's execution, "
+                                             "which only the Ray executor runs"):
+        tk.DataParallelTrainer(lambda: None, datasets={"x": [1]}, dataset_config=tk.DataConfig(execution_options={"x": 1}),
+                               run_config=make_run())
+    with pytest.raises(tk.ConfigTypeError, match="dataset_config must be None or a trainkeep.DataConfig, got 'all'"):
+        tk.DataParallelTrainer(lambda: None, dataset_config="all", run_config=make_run())
     assert not os.path.exists(storage)
 
 

@@ -32,6 +32,7 @@ from trainkeep._internal.trainer import interrupt, sources
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer.callbacks import CallbackRunner, TrainRunContext
 from trainkeep._internal.trainer.controller import Controller
+from trainkeep._internal.trainer.datasets import DataConfig
 from trainkeep._internal.trainer.executors import local_thread_env, place_workers, resolve_executor
 from trainkeep._internal.trainer.failures import AttemptFailed
 from trainkeep._internal.trainer.setup import WorkerSetup
@@ -68,6 +69,7 @@ class DataParallelTrainer:
             Tensor, a pandas DataFrame), split into contiguous blocks in rank order; ``executor="ray"`` also
             takes a ``ray.data.Dataset`` (or a function returning one), split per attempt with Ray Data's
             ``streaming_split`` (see :mod:`trainkeep._internal.trainer.datasets`).
+        dataset_config: which datasets are split (``DataConfig(datasets_to_split=[...])``; default: all).
 
     Raises:
         ConfigTypeError / ConfigError (TypeError / ValueError) for bad arguments (an unknown executor, "ray"
@@ -89,7 +91,7 @@ class DataParallelTrainer:
     def __init__(self, train_loop_per_worker: Callable[..., Any], *, train_loop_config: dict[str, Any] | None = None,
                  scaling_config: ScalingConfig | None = None, run_config: RunConfig | None = None,
                  executor: str | None = None, validation_config: ValidationConfig | None = None,
-                 datasets: dict[str, Any] | None = None) -> None:
+                 datasets: dict[str, Any] | None = None, dataset_config: DataConfig | None = None) -> None:
         if not callable(train_loop_per_worker):
             raise ConfigTypeError(f"train_loop_per_worker must be a function, got {train_loop_per_worker!r}")
         if train_loop_config is not None and not isinstance(train_loop_config, dict):
@@ -114,6 +116,7 @@ class DataParallelTrainer:
         self.executor = resolve_executor(executor)
         self._thread_env = local_thread_env(self.scaling_config, self.executor)
         self.datasets = datasets_module.check(datasets, self.executor)
+        self.dataset_config = datasets_module.check_config(dataset_config, self.executor)
 
     def _check_checkpoint_timing(self) -> None:
         config = self.run_config.checkpoint_config
@@ -152,7 +155,8 @@ class DataParallelTrainer:
             # 1. Pickle what the workers need; nothing is written if that fails.
             storage_path = self.run_config.storage_path or DEFAULT_STORAGE_PATH
             run_url = self._run_url(str(storage_path))
-            self._datasets = datasets_module.prepare(self.datasets, self.scaling_config.num_workers)
+            self._datasets = datasets_module.prepare(self.datasets, self.scaling_config.num_workers,
+                                                     self.dataset_config)
             spec = self._pickled_spec(str(storage_path), run_url)
             if self.executor == "ray":  # connect, and refuse what the cluster could never hold, before any write
                 from trainkeep._internal.trainer.backends import ray as ray_backend
@@ -277,7 +281,7 @@ class DataParallelTrainer:
                 from trainkeep._internal.trainer.backends import ray as ray_backend
 
                 assert isinstance(group, ray_backend.RayWorkerGroup)  # the only executor that accepts them
-                group.split_datasets(self._datasets.ray)
+                group.split_datasets(self._datasets.ray, self.dataset_config)
             group.start([{**self._thread_env, **env} for env in self._setup.placed_envs(layout)])
         except BaseException:
             group.kill()

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, overload
 
 import cloudpickle
 
-from trainkeep.errors import ConfigTypeError
+from trainkeep.errors import ConfigError, ConfigTypeError
 
 ACCEPTED = ("a sized indexable (an object with __len__ and __getitem__ by position: a numpy array, a list or "
             "tuple, a torch Tensor, a torch map-style Dataset with __len__, a pandas DataFrame or Series)")
@@ -37,6 +37,76 @@ ACCEPTED = ("a sized indexable (an object with __len__ and __getitem__ by positi
 
 RAY_ACCEPTED = "a ray.data.Dataset or a function of no argument that returns one"
 """What the Ray executor accepts besides ``ACCEPTED``."""
+
+
+# ---------------------------------------------------------------------------------------------- DataConfig
+
+
+class DataConfig:
+    """Which datasets are split among the workers, as Ray Train's ``DataConfig`` (its names and defaults).
+
+    Args:
+        datasets_to_split: "all" (the default) or a list of dataset names. A dataset not split gives every
+            worker all of it: the object itself for a sized indexable, a ``DataIterator`` of the whole
+            ``ray.data.Dataset`` with the Ray executor. Names that are not datasets of the trainer are ignored,
+            as in Ray.
+        execution_options: Ray Data's ``ExecutionOptions`` for the split (one for all, or a dict by name);
+            the Ray executor only.
+        enable_shard_locality: pass the ranks' nodes as ``streaming_split``'s locality hints (Ray executor).
+
+    Raises:
+        ConfigTypeError (a TypeError) for a ``datasets_to_split`` that is neither "all" nor a list of str, and
+        for an ``enable_shard_locality`` that is not a bool.
+    """
+
+    def __init__(self, datasets_to_split: str | list[str] = "all", execution_options: Any = None,
+                 enable_shard_locality: bool = True) -> None:
+        if not (datasets_to_split == "all" or (isinstance(datasets_to_split, list)
+                                               and all(isinstance(n, str) for n in datasets_to_split))):
+            raise ConfigTypeError(f"`datasets_to_split` should be a 'all' or a list of strings of dataset names, got "
+                                  f"{type(datasets_to_split).__name__} {datasets_to_split!r}")
+        if not isinstance(enable_shard_locality, bool):
+            raise ConfigTypeError(f"enable_shard_locality must be a bool, got {enable_shard_locality!r}")
+        self.datasets_to_split = datasets_to_split
+        self.execution_options = execution_options
+        self.enable_shard_locality = enable_shard_locality
+
+    def is_split(self, name: str) -> bool:
+        """Return True when dataset ``name`` is split among the workers (else each gets all of it)."""
+        return self.datasets_to_split == "all" or name in self.datasets_to_split
+
+    def options_for(self, name: str) -> Any:
+        """Return the ``ExecutionOptions`` of dataset ``name``, or None to leave the dataset's own."""
+        if isinstance(self.execution_options, dict):
+            return self.execution_options.get(name)
+        return self.execution_options
+
+    def __repr__(self) -> str:
+        return (f"DataConfig(datasets_to_split={self.datasets_to_split!r}, execution_options="
+                f"{self.execution_options!r}, enable_shard_locality={self.enable_shard_locality!r})")
+
+
+def check_config(config: Any, executor: str) -> DataConfig:
+    """Return ``config`` (a DataConfig, default ``DataConfig()``) once ``executor`` can honour it.
+
+    Raises:
+        ConfigTypeError (a TypeError) when it is not a DataConfig; ConfigError (a ValueError) for
+        ``execution_options`` with the local executor, which runs no Ray Data.
+    """
+    if config is None:
+        return DataConfig()
+    if not isinstance(config, DataConfig):
+        raise ConfigTypeError(f"dataset_config must be None or a trainkeep.DataConfig, got {config!r}")
+    if config.execution_options is not None and executor != "ray":
+        raise ConfigError(f"DataConfig(execution_options={config.execution_options!r}) sets Ray Data's execution, "
+                          "which only the Ray executor runs (executor='ray'); leave it None with the local executor")
+    return config
+
+
+class Unsplit(NamedTuple):
+    """A dataset that every worker gets whole (``DataConfig.datasets_to_split`` leaves it out)."""
+
+    dataset: Any
 
 
 # ---------------------------------------------------------------------------------------------- the checks
@@ -208,20 +278,24 @@ class IndexView(Sequence[Any]):
 class Prepared(NamedTuple):
     """The datasets of a fit(), ready to travel (see the module docstring)."""
 
-    whole: dict[str, Any]  # travel whole in the WorkerSpec; each worker makes its view
+    whole: dict[str, Any]  # travel whole in the WorkerSpec; each worker makes its view (or takes it, if Unsplit)
     per_rank: list[bytes | None]  # rank r's slices, pickled; None when there are none
     ray: dict[str, Any]  # ray.data Datasets or functions returning one: split per attempt by backends/ray.py
+    config: DataConfig | None = None
 
 
-def prepare(datasets: dict[str, Any], world_size: int) -> Prepared:
+def prepare(datasets: dict[str, Any], world_size: int, config: DataConfig | None = None) -> Prepared:
     """Sort ``datasets`` by how they travel, and pickle each rank's slices.
 
     Raises:
         ConfigTypeError (a TypeError) when a dataset's slice cannot be pickled with cloudpickle.
     """
-    whole = {n: d for n, d in datasets.items() if is_sized_indexable(d) and not is_sliced(d)}
-    sliced = {n: d for n, d in datasets.items() if is_sized_indexable(d) and is_sliced(d)}
-    ray = {n: d for n, d in datasets.items() if n not in whole and n not in sliced}
+    config = config or DataConfig()
+    indexable = {n: d for n, d in datasets.items() if is_sized_indexable(d)}
+    sliced = {n: d for n, d in indexable.items() if is_sliced(d) and config.is_split(n)}
+    whole: dict[str, Any] = {n: d if config.is_split(n) else Unsplit(d) for n, d in indexable.items()
+                             if n not in sliced}
+    ray = {n: d for n, d in datasets.items() if n not in indexable}
     per_rank: list[bytes | None] = []
     for rank in range(world_size):
         if not sliced:
@@ -233,7 +307,7 @@ def prepare(datasets: dict[str, Any], world_size: int) -> Prepared:
         except Exception as exc:
             raise ConfigTypeError(f"datasets must be picklable with cloudpickle to reach the worker processes: "
                                   f"{type(exc).__name__}: {exc}") from exc
-    return Prepared(whole, per_rank, ray)
+    return Prepared(whole, per_rank, ray, config)
 
 
 def worker_shards(whole: Mapping[str, Any], packed: bytes | None, rank: int, world_size: int,
@@ -241,7 +315,8 @@ def worker_shards(whole: Mapping[str, Any], packed: bytes | None, rank: int, wor
     """Return this rank's shard of every dataset: its slices, views of the whole ones, its Ray iterators."""
     shards: dict[str, Any] = cloudpickle.loads(packed) if packed is not None else {}
     for name, dataset in whole.items():
-        shards[name] = view_of(dataset, *bounds(len(dataset), world_size, rank))
+        shards[name] = dataset.dataset if isinstance(dataset, Unsplit) else view_of(
+            dataset, *bounds(len(dataset), world_size, rank))
     shards.update(ray_shards or {})
     return shards
 
