@@ -93,7 +93,8 @@ def connections(config: dict[str, Any]) -> dict[str, Any]:
 def read_shards(config: dict[str, Any]) -> None:
     """Read this rank's shard of "rows" (ray.data) and "items" (a list) each epoch, log what it saw, report.
 
-    ``config["fail_once"] = [rank, marker]``: that rank fails after its first epoch of the first attempt.
+    ``config["fail_once"] = [rank, marker]``: that rank fails after its first epoch of the first attempt. "whole"
+    (ray.data, not split) is read at the end.
     """
     import json
 
@@ -103,8 +104,11 @@ def read_shards(config: dict[str, Any]) -> None:
     for epoch in range(config["epochs"]):
         ids = [int(row["id"]) for row in rows.iter_rows()]
         log(config["log"], json.dumps({"rank": rank, "epoch": epoch, "type": type(rows).__name__, "ids": ids,
-                                       "items": items, "retry": bool(marker) and os.path.exists(marker)}))
+                                       "items": items, "retry": bool(marker) and os.path.exists(marker),
+                                       "order": rows.get_context().execution_options.preserve_order}))
         tk.report({"epoch": epoch})
         if rank == rank_fails and not os.path.exists(marker):
             open(marker, "w").close()
             raise RuntimeError("rank fails after its first epoch, on purpose")
+    whole = [int(row["id"]) for row in tk.get_dataset_shard("whole").iter_rows()]
+    log(config["log"], json.dumps({"rank": rank, "whole": whole}))

@@ -164,24 +164,30 @@ def test_a_torch_trainer_joins_its_ray_workers_into_one_process_group(ray_cluste
 def test_a_ray_dataset_is_split_among_the_ranks_and_split_afresh_after_a_restart(ray_cluster, s3, tmp_path,
                                                                                    log_path) -> None:
     import ray
+    from ray.data import ExecutionOptions
 
     marker = str(tmp_path / "failed")
     tk.DataParallelTrainer(
-        loops.read_shards, train_loop_config={"log": log_path, "epochs": 2, "fail_once": [1, marker]},
-        datasets={"rows": lambda: ray.data.range(40, override_num_blocks=4), "items": list(range(5))},
+        loops.read_shards, train_loop_config={"log": log_path, "epochs": 1, "fail_once": [1, marker]},
+        datasets={"rows": lambda: ray.data.range(40, override_num_blocks=2), "items": list(range(5)),
+                  "whole": ray.data.range(3, override_num_blocks=1)},
+        dataset_config=tk.DataConfig(datasets_to_split=["rows", "items"],
+                                     execution_options={"rows": ExecutionOptions(preserve_order=True)}),
         scaling_config=tk.ScalingConfig(num_workers=2),
         run_config=_run_config(s3, "datasets", failure_config=tk.FailureConfig(max_failures=1))).fit()
 
     seen = [json.loads(line) for line in read_log(log_path)]
-    assert {s["type"] for s in seen} == {"StreamSplitDataIterator"}
-    assert any(not s["retry"] for s in seen)  # the first attempt read before rank 1 failed
-    retry = [s for s in seen if s["retry"]]
-    for epoch in (0, 1):  # the new attempt's shards hold every row once per epoch, equally split
-        shards = sorted((s for s in retry if s["epoch"] == epoch), key=lambda s: s["rank"])
-        assert [s["rank"] for s in shards] == [0, 1]
-        assert sorted(i for s in shards for i in s["ids"]) == list(range(40))
-        assert [len(s["ids"]) for s in shards] == [20, 20]
-        assert [s["items"] for s in shards] == [[0, 1, 2], [3, 4]]  # a list: the local executor's split
+    epochs = [s for s in seen if "epoch" in s]
+    assert {(s["type"], s["order"]) for s in epochs} == {("StreamSplitDataIterator", True)}
+    assert any(not s["retry"] for s in epochs)  # the first attempt read before rank 1 failed
+    # the new attempt's shards hold every row once, equally split
+    shards = sorted((s for s in epochs if s["retry"]), key=lambda s: s["rank"])
+    assert [s["rank"] for s in shards] == [0, 1]
+    assert sorted(i for s in shards for i in s["ids"]) == list(range(40))
+    assert [len(s["ids"]) for s in shards] == [20, 20]
+    assert [s["items"] for s in shards] == [[0, 1, 2], [3, 4]]  # a list: the local executor's split
+    assert sorted(s["rank"] for s in seen if "whole" in s) == [0, 1]  # not split: each rank reads all of it
+    assert all(s["whole"] == [0, 1, 2] for s in seen if "whole" in s)
 
 
 def test_a_ray_dataset_needs_the_ray_executor(ray_cluster, s3) -> None:
