@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import dataset_loops as loops
@@ -202,3 +203,22 @@ def test_outside_a_run_it_is_a_session_error_as_ray_s_runtime_error() -> None:
                                               "function run by a trainer") as caught:
         tk.get_dataset_shard("train")
     assert isinstance(caught.value, RuntimeError)
+
+
+def test_a_script_joined_with_init_has_no_datasets_and_is_told_why(tmp_path, monkeypatch) -> None:
+    for name in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "TORCHELASTIC_RESTART_COUNT", "TRAINKEEP_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():  # what torchrun sets for a world of one
+        monkeypatch.setenv(name, value)
+    tk.init(tk.RunConfig(name="run", storage_path=str(tmp_path / "storage")), port=port)
+    try:
+        with pytest.raises(tk.SessionError, match=r"returns a shard of a trainer's datasets=, and a script that "
+                                                  r"joined its run with trainkeep.init\(\) .* has none"):
+            tk.get_dataset_shard("train")
+        tk.report({"step": 0})  # the session goes on
+    finally:
+        tk.shutdown()
