@@ -143,6 +143,7 @@ BAD = [
     ({"train": np.array(3)}, "datasets['train'] must be", "(len() of it fails)"),
     ({"train": lambda: [1, 2]}, "datasets['train'] is a function: a ray.data.Dataset or a function of no argument "
      "that returns one needs the Ray executor", "executor='ray'"),
+    ({"train": loops.Squares}, "datasets['train'] is the class Squares, not a dataset: pass an instance", "accepted"),
     ({1: [1, 2]}, "datasets keys must be str", "got 1 (int)"),
     ([np.arange(3)], "datasets must be None or a dict of name -> dataset", "got list"),
 ]

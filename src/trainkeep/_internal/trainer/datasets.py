@@ -136,6 +136,9 @@ def check(datasets: Any, executor: str) -> dict[str, Any]:
 def _check_one(name: str, dataset: Any, executor: str) -> None:
     kind = type(dataset)
     given = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
+    if isinstance(dataset, type):
+        raise ConfigTypeError(f"datasets[{name!r}] is the class {dataset.__qualname__}, not a dataset: pass an "
+                              f"instance of it; accepted: {ACCEPTED}")
     if is_ray_dataset(dataset) or (not is_sized_indexable(dataset) and callable(dataset)):
         if executor == "ray":
             return
