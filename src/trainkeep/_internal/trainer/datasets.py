@@ -192,7 +192,7 @@ def is_sized_indexable(obj: Any) -> bool:
         return False
     try:
         len(obj)
-    except TypeError:
+    except Exception:  # a 0-d array's TypeError, or whatever a lazy object's __len__ raises
         return False
     return True
 
