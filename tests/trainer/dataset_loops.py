@@ -73,6 +73,16 @@ class Squares:
         return i * i
 
 
+class LockedSquares(Squares):
+    """Squares holding a lock, which cannot be pickled."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        import threading
+
+        self.lock = threading.Lock()
+
+
 def torch_squares(n: int) -> Any:
     """Return a torch map-style Dataset of ``n`` items, item i being i * i (its class defined here)."""
     from torch.utils.data import Dataset

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from typing import Any
 
 import dataset_loops as loops
@@ -174,6 +175,15 @@ def test_ray_data_execution_options_need_the_ray_executor(make_run, storage) -> 
                                run_config=make_run())
     with pytest.raises(tk.ConfigTypeError, match="dataset_config must be None or a trainkeep.DataConfig, got 'all'"):
         tk.DataParallelTrainer(lambda: None, dataset_config="all", run_config=make_run())
+    assert not os.path.exists(storage)
+
+
+@pytest.mark.parametrize("dataset", [[threading.Lock()], loops.LockedSquares(3)], ids=["sliced", "whole"])
+def test_a_dataset_that_cannot_be_pickled_fails_fit_before_anything_is_written(dataset, make_run, storage) -> None:
+    trainer = tk.DataParallelTrainer(lambda: None, datasets={"train": dataset}, run_config=make_run())
+    with pytest.raises(tk.ConfigTypeError, match=r"datasets.* must be picklable with cloudpickle to reach the "
+                                                 r"worker processes: TypeError: cannot pickle '_thread.lock' object"):
+        trainer.fit()
     assert not os.path.exists(storage)
 
 

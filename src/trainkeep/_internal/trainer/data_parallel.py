@@ -226,7 +226,7 @@ class DataParallelTrainer:
             return cloudpickle.dumps(spec)
         except Exception as exc:
             raise ConfigTypeError(
-                "train_loop_per_worker and train_loop_config must be picklable with cloudpickle to reach the "
+                "train_loop_per_worker, train_loop_config and datasets must be picklable with cloudpickle to reach the "
                 f"worker processes: {type(exc).__name__}: {exc}"
             ) from exc
 

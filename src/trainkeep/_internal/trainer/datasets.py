@@ -308,8 +308,8 @@ def prepare(datasets: dict[str, Any], world_size: int, config: DataConfig | None
         try:
             per_rank.append(cloudpickle.dumps(shards))
         except Exception as exc:
-            raise ConfigTypeError(f"datasets must be picklable with cloudpickle to reach the worker processes: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+            raise ConfigTypeError(f"datasets {sorted(sliced)} must be picklable with cloudpickle to reach the worker "
+                                  f"processes: {type(exc).__name__}: {exc}") from exc
     return Prepared(whole, per_rank, ray, config)
 
 
