@@ -47,11 +47,11 @@ DATASETS = {
     "list": (lambda: list(range(11)), "list"),
     "tuple": (lambda: tuple(range(5)), "tuple"),
     "own": (lambda: loops.Squares(8), "IndexView"),
-    "frame": (lambda: pd.DataFrame({"x": range(6), "y": [0.5] * 6}), "DataFrame"),
     "two": (lambda: [100, 101], "list"),  # fewer items than workers
     "empty": (lambda: np.zeros((0, 3)), "ndarray"),
 }
-TORCH_DATASETS = {  # torch costs each worker seconds to import: one run has them, with an uneven split
+HEAVY_DATASETS = {  # torch and pandas cost each worker seconds to import: one run has them, split unevenly
+    "frame": (lambda: pd.DataFrame({"x": range(7), "y": [0.5] * 7}), "DataFrame"),
     "tensor": (lambda: torch.arange(9).reshape(9, 1), "Tensor"),
     "torch": (lambda: loops.torch_squares(7), "Subset"),
 }
@@ -60,7 +60,7 @@ TORCH_DATASETS = {  # torch costs each worker seconds to import: one run has the
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_each_rank_gets_its_contiguous_block_of_every_dataset_in_a_natural_type(world_size, make_run,
                                                                                   loop_config) -> None:
-    cases = {**DATASETS, **(TORCH_DATASETS if world_size == 2 else {})}
+    cases = {**DATASETS, **(HEAVY_DATASETS if world_size == 2 else {})}
     given = {name: make() for name, (make, _) in cases.items()}
     unsplit = {"val": [7, 8, 9], "val_own": loops.Squares(3)}  # DataConfig leaves them whole: every rank has all
     tk.DataParallelTrainer(loops.log_shards, train_loop_config={**loop_config, "names": [*cases, *unsplit]},
