@@ -1,0 +1,86 @@
+"""Where trainkeep behaves differently from Ray Train 2.60 on purpose, for the documentation examples and the
+V1/AIR tests ported in tests/ray_compat (ray-project/ray doc/source/train/doc_code, doc/source/train/user-guides,
+python/ray/train/tests, python/ray/air/tests).
+
+Each test's name and docstring say the difference and why; /work/notes/compat-docs.md lists them for
+docs/trainer.md's "Compatibility with Ray Train".
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import trainkeep as train
+from trainkeep import Checkpoint, ScalingConfig
+
+
+def in_run_upload_fn_train_fn(config):
+    """doc_code/checkpoints.py __checkpoint_upload_fn_start__ as written: save into a run directory named by the
+    epoch, and have the upload fn only wait and return that checkpoint."""
+    storage_context = train.get_context().get_storage()
+    checkpoint_path = storage_context.build_checkpoint_path_from_name("0")
+    os.makedirs(checkpoint_path, exist_ok=True)
+    Path(checkpoint_path, "model.pt").write_text("saved by the user's writer")
+
+    def wait_async_save(checkpoint, checkpoint_dir_name):
+        return checkpoint
+
+    train.report({"epoch": 0}, checkpoint=Checkpoint(checkpoint_path),
+                 checkpoint_upload_mode=train.CheckpointUploadMode.ASYNC, checkpoint_upload_fn=wait_async_save)
+
+
+def test_checkpoint_upload_fn_must_upload_into_the_directory_it_is_given(tmp_path):
+    """Ray registers whatever run directory the upload fn returns; trainkeep requires the directory named by the
+    fn's ``checkpoint_dir_name`` argument, and never writes into a directory it did not create.
+
+    Why: the commit protocol stages the round's directory under the name it chose, and a directory that is not
+    a checkpoint of this run is never written into or swept (DESIGN §5, invariant 3). A checkpoint written in
+    place is reported with NO_UPLOAD (test_doc_checkpoints.py::test_no_upload_...).
+    """
+    trainer = train.DataParallelTrainer(in_run_upload_fn_train_fn, scaling_config=ScalingConfig(num_workers=1),
+                                        run_config=train.RunConfig(name="run", storage_path=str(tmp_path)))
+    with pytest.raises(train.WorkerGroupError) as info:
+        trainer.fit()
+    assert isinstance(info.value.worker_failures[0], ValueError)  # as Ray's own checks of the returned checkpoint
+    assert "checkpoint_upload_fn must upload into the checkpoint directory" in str(info.value)
+    assert Path(tmp_path, "run", "0", "model.pt").read_text() == "saved by the user's writer"  # left untouched
+
+
+def one_report_train_fn(config):
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "model.pt").touch()
+        train.report({"loss": 1.0}, checkpoint=Checkpoint.from_directory(d))
+
+
+def test_a_committed_checkpoint_directory_also_holds_trainkeep_s_manifest(tmp_path):
+    """Ray's checkpoint directory holds only the workers' files; trainkeep's also holds its commit record,
+    the hidden file ``.trainkeep_manifest.json`` (file sizes and checksums).
+
+    Why: the manifest is what makes a checkpoint exist and lets it be verified (DESIGN §5, invariant 1). Code
+    that lists a checkpoint directory should skip dot files, as it already must for Ray's ``.metadata.json``.
+    """
+    result = train.DataParallelTrainer(one_report_train_fn, scaling_config=ScalingConfig(num_workers=1),
+                                       run_config=train.RunConfig(storage_path=str(tmp_path))).fit()
+    with result.checkpoint.as_directory() as d:
+        assert sorted(os.listdir(d)) == [".trainkeep_manifest.json", "model.pt"]
+
+
+def test_result_filesystem_is_an_fsspec_filesystem_not_pyarrow(tmp_path):
+    """Ray's ``Result.filesystem`` and ``Checkpoint.filesystem`` are ``pyarrow.fs.FileSystem``s; trainkeep's are
+    fsspec filesystems (a pyarrow one passed as ``storage_filesystem`` is accepted and wrapped).
+
+    Why: trainkeep's storage layer is fsspec (DESIGN §2), which covers the same stores; code that only passes the
+    filesystem back to trainkeep (``Result.from_path(path, storage_filesystem=result.filesystem)``) is unaffected.
+    """
+    import fsspec
+
+    result = train.DataParallelTrainer(one_report_train_fn, scaling_config=ScalingConfig(num_workers=1),
+                                       run_config=train.RunConfig(name="run", storage_path=str(tmp_path))).fit()
+    assert isinstance(result.filesystem, fsspec.AbstractFileSystem)
+    assert isinstance(result.checkpoint.filesystem, fsspec.AbstractFileSystem)
+    again = train.Result.from_path(result.path, storage_filesystem=result.filesystem)
+    assert again.checkpoint == result.checkpoint
