@@ -84,3 +84,18 @@ def test_result_filesystem_is_an_fsspec_filesystem_not_pyarrow(tmp_path):
     assert isinstance(result.checkpoint.filesystem, fsspec.AbstractFileSystem)
     again = train.Result.from_path(result.path, storage_filesystem=result.filesystem)
     assert again.checkpoint == result.checkpoint
+
+
+def test_preemption_handling_is_not_offered():
+    """doc_code/fault_tolerance.py's preemption snippets (``get_preemption_info()``,
+    ``FailureConfig(max_preemption_failures=..., relax_collectives_on_preemption=..., preemption_grace_s=...)``)
+    have no trainkeep counterpart: the names are missing and the arguments are a TypeError.
+
+    Why: trainkeep does not watch nodes for preemption notices (docs/trainer.md, "Not supported"); a preempted
+    worker is a failed worker, restarted from the latest checkpoint within ``max_failures``.
+    """
+    assert not hasattr(train, "get_preemption_info")
+    for kwargs in ({"max_preemption_failures": -1}, {"relax_collectives_on_preemption": True},
+                   {"preemption_grace_s": 120.0}):
+        with pytest.raises(TypeError, match=next(iter(kwargs))):
+            train.FailureConfig(max_failures=3, **kwargs)
