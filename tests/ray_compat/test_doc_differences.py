@@ -99,3 +99,23 @@ def test_preemption_handling_is_not_offered():
                    {"preemption_grace_s": 120.0}):
         with pytest.raises(TypeError, match=next(iter(kwargs))):
             train.FailureConfig(max_failures=3, **kwargs)
+
+
+def test_a_query_string_in_storage_path_is_refused_not_read_as_options(tmp_path):
+    """persistent-storage.rst "MinIO and other S3-compatible storage": Ray (through pyarrow) reads
+    ``storage_path="s3://bucket-name/sub-path?endpoint_override=http://localhost:9000"`` as a path plus filesystem
+    options; trainkeep refuses such a URL with a ConfigError (a ValueError) before anything is written.
+
+    Why: fsspec, trainkeep's storage layer, would take the query string as part of the object key, and the run
+    would go to the default endpoint under a mangled name. The options go on ``storage_filesystem`` instead
+    (test_doc_persistent_storage.py shows both forms).
+    """
+    url = "s3://bucket-name/sub-path?endpoint_override=http://localhost:9000"
+    trainer = train.DataParallelTrainer(one_report_train_fn, scaling_config=ScalingConfig(num_workers=1),
+                                        run_config=train.RunConfig(storage_path=url, name="unique-run-id"))
+    with pytest.raises(train.ConfigError, match=r"storage_path 's3://bucket-name/sub-path\?endpoint_override="
+                                                r"http://localhost:9000/unique-run-id' has a query string"):
+        trainer.fit()
+    assert isinstance(train.ConfigError("x"), ValueError)
+    with pytest.raises(ValueError, match="query string"):
+        train.Result.from_path(url)
