@@ -119,3 +119,15 @@ def test_a_query_string_in_storage_path_is_refused_not_read_as_options(tmp_path)
     assert isinstance(train.ConfigError("x"), ValueError)
     with pytest.raises(ValueError, match="query string"):
         train.Result.from_path(url)
+
+
+def test_checkpoints_of_the_same_directory_are_equal(tmp_path):
+    """Ray's Checkpoint has identity equality (two Checkpoints of one directory are unequal); trainkeep's are
+    equal, and hash alike, when they name the same path on the same filesystem.
+
+    Why: ``result.checkpoint == Result.from_path(...).checkpoint`` and ``checkpoint in result.best_checkpoints``
+    then mean what a user expects (DESIGN §2).
+    """
+    first, second = Checkpoint.from_directory(str(tmp_path)), Checkpoint.from_directory(str(tmp_path))
+    assert first == second and hash(first) == hash(second)
+    assert first != Checkpoint.from_directory(str(tmp_path / "other"))
