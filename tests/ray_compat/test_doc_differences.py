@@ -131,3 +131,17 @@ def test_checkpoints_of_the_same_directory_are_equal(tmp_path):
     first, second = Checkpoint.from_directory(str(tmp_path)), Checkpoint.from_directory(str(tmp_path))
     assert first == second and hash(first) == hash(second)
     assert first != Checkpoint.from_directory(str(tmp_path / "other"))
+
+
+def test_v1_restore_apis_are_absent_and_a_run_resumes_by_its_name():
+    """Ray 2.60 (Train V2) keeps ``Trainer.restore``, ``Trainer.can_restore`` and
+    ``DataParallelTrainer(resume_from_checkpoint=...)`` as names that raise a DeprecationWarning; trainkeep has
+    no such names (AttributeError, TypeError). Both resume a run by creating a trainer with the same
+    ``RunConfig(storage_path, name)`` (test_v1_new_persistence.py, test_doc_fault_tolerance.py).
+
+    Why: the deprecated names do nothing in Ray either; a missing name fails as early and as clearly.
+    """
+    assert not hasattr(train.DataParallelTrainer, "restore")
+    assert not hasattr(train.DataParallelTrainer, "can_restore")
+    with pytest.raises(TypeError, match="resume_from_checkpoint"):
+        train.DataParallelTrainer(one_report_train_fn, resume_from_checkpoint=None)
