@@ -145,3 +145,14 @@ def test_v1_restore_apis_are_absent_and_a_run_resumes_by_its_name():
     assert not hasattr(train.DataParallelTrainer, "can_restore")
     with pytest.raises(TypeError, match="resume_from_checkpoint"):
         train.DataParallelTrainer(one_report_train_fn, resume_from_checkpoint=None)
+
+
+def test_failure_config_has_no_fail_fast():
+    """python/ray/air/tests/test_configs.py::test_failure_config_init passes ``FailureConfig(fail_fast=...)``;
+    Ray 2.60 (Train V2) raises a DeprecationWarning for it, trainkeep a TypeError naming it.
+
+    Why: fail-fast is a Ray Tune notion (stop the other trials); a trainkeep run has one worker group, and
+    ``max_failures=0`` already fails on the first error.
+    """
+    with pytest.raises(TypeError, match="fail_fast"):
+        train.FailureConfig(fail_fast=True)
