@@ -156,3 +156,98 @@ def test_failure_config_has_no_fail_fast():
     """
     with pytest.raises(TypeError, match="fail_fast"):
         train.FailureConfig(fail_fast=True)
+
+
+def uneven_reports_fn(config):
+    for _ in range(1 + train.get_context().get_world_rank()):  # rank 0 reports once, rank 1 twice
+        train.report({"loss": 1})
+
+
+def test_uneven_report_counts_fail_the_run_instead_of_hanging(tmp_path):
+    """Ray 2.60 waits forever when the workers call ``report()`` a different number of times (its collective
+    has no timeout by default); trainkeep fails the run with a ReportTimeoutError (a RuntimeError, as Ray V1's
+    test_data_parallel_trainer.py::test_mismatch_report expected) naming the ranks, as soon as a rank returns
+    with a round left open, or after ``RunConfig(report_timeout_s)``.
+
+    Why: a hang is the worst failure a training job can have; the error says what to fix.
+    """
+    trainer = train.DataParallelTrainer(uneven_reports_fn, scaling_config=ScalingConfig(num_workers=2),
+                                        run_config=train.RunConfig(storage_path=str(tmp_path)))
+    with pytest.raises(train.ReportTimeoutError, match=r"rank 0 returned after 1 report\(\) call") as info:
+        trainer.fit()
+    assert isinstance(info.value, RuntimeError)
+
+
+def same_name_files_fn(config):
+    rank = train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "model.pt").write_text(f"weights of rank {rank}")
+        train.report({"loss": 1.0}, checkpoint=Checkpoint.from_directory(d))
+    if rank == 0:
+        # rank 0 reports no checkpoint now; rank 1 does: every rank then sees the new checkpoint
+        train.report({"loss": 0.5})
+        return os.path.basename(train.get_checkpoint().path)
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "shard-1.pt").write_text("rank 1 only")
+        train.report({"loss": 0.5}, checkpoint=Checkpoint.from_directory(d))
+    return None
+
+
+def test_same_file_from_two_ranks_keeps_rank_zero_s_and_get_checkpoint_moves_on_every_rank(tmp_path, caplog):
+    """Two differences of one round protocol, in one run:
+
+    1. Two ranks passing ``model.pt`` with different content: Ray keeps whichever upload came last; trainkeep
+       keeps the lowest rank's copy and logs one warning naming the file and the ranks (identical copies are
+       stored once; test_doc_key_concepts.py). Why: a deterministic result, and the difference is not silent.
+    2. After a round whose checkpoint came from rank 1 only, rank 0's ``get_checkpoint()`` is that checkpoint;
+       in Ray it moves only on the ranks that reported one. Why: every rank resumes from the same state.
+    """
+    result = train.DataParallelTrainer(same_name_files_fn, scaling_config=ScalingConfig(num_workers=2),
+                                       run_config=train.RunConfig(storage_path=str(tmp_path))).fit()
+    first = result.best_checkpoints[0][0]
+    assert Path(first.path, "model.pt").read_text() == "weights of rank 0"
+    warnings = [r.getMessage() for r in caplog.records if "model.pt" in r.getMessage()]
+    assert len(warnings) == 1 and "ranks 0, 1" in warnings[0]
+    assert result.return_value == "checkpoint_000001"
+
+
+def test_a_missing_or_non_numeric_score_is_never_ranked_best(tmp_path):
+    """Ray 2.60 ranks a checkpoint whose score attribute is missing as -inf times the order's sign, so under
+    ``checkpoint_score_order="min"`` it is the best and kept forever; trainkeep ranks it below every finite
+    score in both orders. A non-numeric score is a TypeError from ``report()`` before anything is written
+    (Ray fails the run at the second checkpoint, leaving a directory behind).
+
+    Why: a report that forgot its metric must not evict the real best checkpoint.
+    """
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "model.pt").write_text("w")
+    config = train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="loss", checkpoint_score_order="min")
+    with train.CheckpointManager(str(tmp_path / "run"), config) as manager:
+        manager.report({"epoch": 0}, Checkpoint.from_directory(source))  # no "loss"
+        manager.report({"epoch": 1, "loss": 0.3}, Checkpoint.from_directory(source))
+        manager.report({"epoch": 2, "loss": 0.9}, Checkpoint.from_directory(source))
+        assert [m["epoch"] for _, m in manager.best_checkpoints] == [1]
+        before = sorted(os.listdir(manager.path))
+        with pytest.raises(TypeError, match="loss"):
+            manager.report({"epoch": 3, "loss": "low"}, Checkpoint.from_directory(source))
+        assert sorted(os.listdir(manager.path)) == before
+
+
+def test_result_metrics_include_metrics_only_rounds(tmp_path):
+    """Ray 2.60's ``Result.metrics`` are the latest *checkpoint's* metrics and ``metrics_dataframe`` has one row
+    per kept checkpoint; trainkeep's ``Result.metrics`` are the last round's (rank 0's) and
+    ``metrics_dataframe`` has every completed round, flattened with "/".
+
+    Why: a run's curve is every report, not only the checkpointed ones (Ray V1 behaved this way too).
+    """
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "model.pt").write_text("w")
+    with train.CheckpointManager(str(tmp_path / "run")) as manager:
+        manager.report({"epoch": 0, "eval": {"loss": 1.0}}, Checkpoint.from_directory(source))
+        manager.report({"epoch": 1, "eval": {"loss": 0.5}})
+    result = train.Result.from_path(str(tmp_path / "run"))
+    assert result.metrics == {"epoch": 1, "eval": {"loss": 0.5}}
+    assert list(result.metrics_dataframe["eval/loss"]) == [1.0, 0.5]
+    assert [m["epoch"] for _, m in result.best_checkpoints] == [0]
