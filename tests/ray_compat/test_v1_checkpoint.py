@@ -1,4 +1,5 @@
-"""Port of ray-project/ray python/ray/train/tests/test_checkpoint.py (Ray 2.60), imports swapped to trainkeep.
+"""Port of ray-project/ray python/ray/train/tests/test_checkpoint.py (Ray 2.60), imports swapped to trainkeep, and
+of what python/ray/air/tests/test_checkpoints.py still means in Ray 2.60 (its APIs are gone).
 
 A Checkpoint on three filesystems (a local directory, an in-memory "mock" filesystem, a custom filesystem: Ray's
 ``_create_mock_custom_fs`` is a pyarrow wrapper around an fsspec DirFileSystem), then ``to_directory`` with and
@@ -106,3 +107,15 @@ def test_a_checkpoint_pickles_and_is_not_a_path(tmp_path):
     assert again.path == checkpoint.path
     with pytest.raises(TypeError):
         os.fspath(checkpoint)
+
+
+@pytest.mark.parametrize("name", ["from_dict", "to_dict", "from_bytes", "to_bytes", "from_uri", "to_uri", "uri",
+                                  "get_preprocessor", "set_preprocessor"])
+def test_removed_air_checkpoint_apis_raise_attribute_error(name, tmp_path):
+    """python/ray/air/tests/test_checkpoints.py tested the AIR Checkpoint's dict, bytes and URI forms; Ray 2.60
+    removed them (an AttributeError with a migration hint). They are absent here too."""
+    checkpoint = Checkpoint.from_directory(str(tmp_path))
+    with pytest.raises(AttributeError):
+        getattr(checkpoint, name)
+    with pytest.raises(AttributeError):
+        getattr(Checkpoint, name)
