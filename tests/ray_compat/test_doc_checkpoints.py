@@ -62,6 +62,7 @@ def torch_restore_train_func(config):
             raise RuntimeError("Intentional error to showcase restoration!")
 
 
+@pytest.mark.slow  # the workers import a framework: seconds each
 def test_pytorch_restore_after_an_intentional_error(tmp_path):
     """__pytorch_restore_start__: with max_failures=1 the run survives the error and resumes at epoch 2.
 

@@ -59,6 +59,7 @@ def train_func(config):
                              checkpoint=Checkpoint.from_directory(checkpoint_dir))
 
 
+@pytest.mark.slow  # the workers import a framework: seconds each
 def test_getting_started_pytorch(tmp_path):
     torch = pytest.importorskip("torch")
     # [4] Configure scaling and resource requirements (the page's use_gpu=True: CPU here).

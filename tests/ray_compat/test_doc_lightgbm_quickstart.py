@@ -43,6 +43,7 @@ def train_func():
               callbacks=[RayTrainReportCallback()])
 
 
+@pytest.mark.slow  # the workers import a framework: seconds each
 def test_lightgbm_quickstart(tmp_path):
     pytest.importorskip("lightgbm")
     from trainkeep.lightgbm import LightGBMTrainer, RayTrainReportCallback

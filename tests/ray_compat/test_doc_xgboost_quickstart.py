@@ -48,6 +48,7 @@ def train_func():
                   callbacks=[RayTrainReportCallback()])
 
 
+@pytest.mark.slow  # the workers import a framework: seconds each
 def test_xgboost_quickstart(tmp_path):
     xgboost = pytest.importorskip("xgboost")
     from trainkeep.xgboost import RayTrainReportCallback, XGBoostTrainer
