@@ -135,7 +135,10 @@ def test_transformers_callback_reports_checkpoints_on_save_events(tmp_path):
     assert listed == [row["checkpoint"] for row in result.history if row["checkpoint"]]
     import transformers
 
-    with result.checkpoint.as_directory() as d:
+    from trainkeep.huggingface.transformers import RayTrainReportCallback
+
+    with result.checkpoint.as_directory() as ckpt_dir:
+        d = os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)  # Ray's layout: the folder inside
         assert os.path.exists(os.path.join(d, "trainer_state.json"))
         state = transformers.TrainerState.load_from_json(os.path.join(d, "trainer_state.json"))
         assert state.global_step == 7

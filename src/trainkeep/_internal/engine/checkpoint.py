@@ -24,14 +24,22 @@ class Checkpoint:
 
     Args:
         path: a local path or a URL (``s3://bucket/run/checkpoint_000003``).
-        filesystem: the fsspec filesystem of ``path``; inferred from the URL when None.
+        filesystem: the fsspec filesystem of ``path`` (a ``pyarrow.fs.FileSystem`` is wrapped); inferred from
+            the URL when None.
+
+    Raises:
+        ConfigTypeError when ``filesystem`` is neither an fsspec nor a pyarrow filesystem.
     """
 
-    def __init__(self, path: str | os.PathLike, filesystem: fsspec.AbstractFileSystem | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, filesystem: Any = None) -> None:
         path = os.fspath(path)
         if filesystem is None:
             filesystem, path = fsspec.core.url_to_fs(os.path.expanduser(path))
-        elif hasattr(filesystem, "_strip_protocol"):
+        else:  # a pyarrow.fs.FileSystem (what Ray's Checkpoint takes) is wrapped, as RunConfig's is
+            from trainkeep._internal.storage.resolution import as_fsspec
+
+            filesystem = as_fsspec(filesystem)
+        if hasattr(filesystem, "_strip_protocol"):
             path = filesystem._strip_protocol(path)
         self.filesystem: fsspec.AbstractFileSystem = filesystem
         self.path: str = str(path).rstrip("/") or "/"

@@ -129,8 +129,8 @@ class Result:
                 best = (score, ckpt)
         if best is None:
             names = sorted({k for _, m in self.best_checkpoints for k in flatten(m)})
-            raise NoCheckpointError(f"no checkpoint of run {self.path} has a numeric metric {metric!r}; "
-                               f"metrics present: {names}")
+            raise NoCheckpointError(f"Invalid metric name {metric!r}: no checkpoint of run {self.path} has a "
+                                    f"numeric metric {metric!r}; metrics present: {names}")
         return best[1]
 
     def _in_round_order(

@@ -32,6 +32,8 @@ class RayTrainReportCallback(ModelReporter):
         checkpoint_at_end: checkpoint after the last round; None takes the run's ``checkpoint_at_end`` (None: True).
     """
 
+    CHECKPOINT_NAME = MODEL_FILENAME  # Ray's name: the model file's name inside the checkpoint (the default one)
+
     order = 40  # after LightGBM's own evaluation callbacks
 
     def __init__(

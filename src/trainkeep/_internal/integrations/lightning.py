@@ -42,6 +42,8 @@ class RayTrainReportCallback(pl.Callback):  # type: ignore[name-defined, misc]
         unit: "epoch" or "step" (optimizer steps, ``trainer.global_step``).
     """
 
+    CHECKPOINT_NAME = CHECKPOINT_NAME  # Ray's name: the model file's name inside the checkpoint (the default one)
+
     def __init__(self, frequency: int | None = None, checkpoint_at_end: bool | None = None,
                  unit: str = "epoch") -> None:
         super().__init__()

@@ -1,16 +1,20 @@
 """Hugging Face Transformers: report each checkpoint the Trainer saves, on the run's checkpoint schedule.
 
 The callback reports on the Trainer's save events: each ``checkpoint-<step>`` folder the Trainer writes becomes a
-trainkeep checkpoint, with the metrics logged since the previous save. When the run's ``checkpoint_frequency`` (or
+trainkeep checkpoint holding it as ``checkpoint/`` (``RayTrainReportCallback.CHECKPOINT_NAME``, Ray's layout), with
+the metrics logged since the previous save. When the run's ``checkpoint_frequency`` (or
 the callback's ``frequency``) is > 0, the callback also asks the Trainer to save every that many steps (or epochs,
 with ``unit="epoch"``), and after the last step when ``checkpoint_at_end`` is true (None means true).
 
-To resume: ``trainer.train(resume_from_checkpoint=d)`` inside ``with trainkeep.get_checkpoint().as_directory() as d``.
+To resume: ``trainer.train(resume_from_checkpoint=os.path.join(d, RayTrainReportCallback.CHECKPOINT_NAME))`` inside
+``with trainkeep.get_checkpoint().as_directory() as d``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from trainkeep._internal.engine.checkpoint import Checkpoint
@@ -29,6 +33,8 @@ class RayTrainReportCallback(transformers.TrainerCallback):  # type: ignore[name
         checkpoint_at_end: None takes the run's ``checkpoint_at_end`` (None: True).
         unit: "step" (optimizer steps) or "epoch".
     """
+
+    CHECKPOINT_NAME = "checkpoint"  # Ray's name: the Trainer's folder inside the reported checkpoint
 
     def __init__(self, frequency: int | None = None, checkpoint_at_end: bool | None = None,
                  unit: str = "step") -> None:
@@ -58,11 +64,21 @@ class RayTrainReportCallback(transformers.TrainerCallback):  # type: ignore[name
 
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         metrics = {**self._logged, "step": state.global_step, "epoch": float(state.epoch or 0.0)}
-        checkpoint = None
-        if state.is_world_process_zero and os.path.isdir(folder):
-            checkpoint = Checkpoint.from_directory(folder)
-        session.report(metrics, checkpoint=checkpoint)
+        with tempfile.TemporaryDirectory(prefix="trainkeep-hf-") as staged:
+            checkpoint = None
+            if state.is_world_process_zero and os.path.isdir(folder):
+                # Ray's layout: the folder goes in as CHECKPOINT_NAME; hard links, so no byte is copied here
+                shutil.copytree(folder, os.path.join(staged, self.CHECKPOINT_NAME), copy_function=_link_or_copy)
+                checkpoint = Checkpoint.from_directory(staged)
+            session.report(metrics, checkpoint=checkpoint)  # SYNC: the files are stored when it returns
         self._logged = {}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or no hard links there
+        shutil.copy2(src, dst)
 
 
 def prepare_trainer(trainer: Any) -> Any:

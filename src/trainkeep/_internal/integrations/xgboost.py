@@ -29,6 +29,8 @@ class RayTrainReportCallback(ModelReporter, xgb.callback.TrainingCallback):  # t
         checkpoint_at_end: checkpoint after the last round; None takes the run's ``checkpoint_at_end`` (None: True).
     """
 
+    CHECKPOINT_NAME = MODEL_FILENAME  # Ray's name: the model file's name inside the checkpoint (the default one)
+
     def __init__(
         self,
         metrics: list[str] | dict[str, str] | str | None = None,

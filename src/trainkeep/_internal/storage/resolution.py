@@ -12,7 +12,7 @@ from trainkeep._internal.storage.local import LocalStorage
 from trainkeep._internal.storage.remote import FsspecStorage
 from trainkeep._internal.storage.s3 import is_s3
 from trainkeep._internal.storage.timeouts import Timeouts
-from trainkeep.errors import ConfigTypeError
+from trainkeep.errors import ConfigError, ConfigTypeError
 
 S3_PROTOCOLS = ("s3", "s3a")
 ONE_ATTEMPT = Timeouts().botocore_config()["retries"]
@@ -27,7 +27,8 @@ def resolve(path: str | os.PathLike, filesystem: Any = None) -> tuple[Storage, s
 
     Raises:
         ConfigTypeError when ``filesystem`` is neither an fsspec nor a pyarrow filesystem; ConfigError when a
-        ``TRAINKEEP_STORAGE_*`` variable is not a number of seconds > 0.
+        ``TRAINKEEP_STORAGE_*`` variable is not a number of seconds > 0, or when a URL has a query string
+        (``s3://b/p?endpoint_override=...``: options go on ``filesystem``).
     """
     path = os.fspath(path)
     if filesystem is not None:
@@ -35,7 +36,14 @@ def resolve(path: str | os.PathLike, filesystem: Any = None) -> tuple[Storage, s
         stripped = fs._strip_protocol(path) if hasattr(fs, "_strip_protocol") else path
         return storage_for(fs), str(stripped).rstrip("/") or "/"
     url = os.path.expanduser(path)
-    if fsspec.core.split_protocol(url)[0] not in S3_PROTOCOLS:
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol not in (None, "file", "local") and "?" in url:
+        # pyarrow (so Ray) reads "?endpoint_override=..." as options; fsspec would make it part of the key
+        raise ConfigError(
+            f"storage_path {path!r} has a query string, which trainkeep does not read as filesystem options; "
+            "pass the options on a filesystem instead, e.g. storage_filesystem=s3fs.S3FileSystem(endpoint_url=...) "
+            "(or set AWS_ENDPOINT_URL), with storage_path='bucket/sub-path'")
+    if protocol not in S3_PROTOCOLS:
         fs, stripped = fsspec.core.url_to_fs(url)
         return storage_for(fs), str(stripped).rstrip("/") or "/"
     timeouts = Timeouts.from_env()

@@ -42,6 +42,7 @@ from trainkeep.errors import (
 logger = logging.getLogger(__name__)
 
 _WAITS_FOR_COMMIT = (CheckpointUploadMode.SYNC.value, CheckpointUploadMode.NO_UPLOAD.value)
+_VALIDATION_POLL_S = 0.05  # how often a VALIDATED get_all_reported_checkpoints() call looks for finished validations
 
 
 class Controller:
@@ -339,6 +340,9 @@ class Controller:
         started = [r.started for r in self._rounds.values() if not r.is_complete(self.world_size)]
         ends = [t + self.timeout_s for t in started + self._rendezvous.started()]
         ends += [w.deadline for w in self._listings if w.deadline is not None]
+        if any(w.mode is reported.CheckpointConsistencyMode.VALIDATED for w in self._listings):
+            # a validation ends in the runner's thread, which sends no event: look again shortly
+            ends.append(time.monotonic() + _VALIDATION_POLL_S)
         if not ends:
             return None
         return max(0.0, min(ends) - time.monotonic())
