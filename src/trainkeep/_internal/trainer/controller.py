@@ -41,6 +41,9 @@ from trainkeep.errors import (
 
 logger = logging.getLogger(__name__)
 
+VALIDATION_POLL_S = 0.05
+"""How often the driver looks whether a validation ended while a get_all_reported_checkpoints(VALIDATED) waits."""
+
 _WAITS_FOR_COMMIT = (CheckpointUploadMode.SYNC.value, CheckpointUploadMode.NO_UPLOAD.value)
 
 
@@ -339,6 +342,8 @@ class Controller:
         started = [r.started for r in self._rounds.values() if not r.is_complete(self.world_size)]
         ends = [t + self.timeout_s for t in started + self._rendezvous.started()]
         ends += [w.deadline for w in self._listings if w.deadline is not None]
+        if any(w.mode is reported.CheckpointConsistencyMode.VALIDATED for w in self._listings):
+            ends.append(time.monotonic() + VALIDATION_POLL_S)  # a validation ends in another thread: look again
         if not ends:
             return None
         return max(0.0, min(ends) - time.monotonic())
