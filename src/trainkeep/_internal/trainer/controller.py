@@ -299,9 +299,12 @@ class Controller:
         """Answer the get_all_reported_checkpoints() calls that may be answered now (see ``reported``)."""
         now = time.monotonic()
         for waiter in list(self._listings):
-            if reported.is_answerable(waiter, self._next_k, self.manager, now):
-                self._listings.remove(waiter)
-                self.group.send(waiter.rank, p.Reported(reported.listing(self.manager)))
+            with self.manager._mutex:  # a validation's outcome and its retention are one step, not two
+                if not reported.is_answerable(waiter, self._next_k, self.manager, now):
+                    continue
+                answer = reported.listing(self.manager)
+            self._listings.remove(waiter)
+            self.group.send(waiter.rank, p.Reported(answer))
 
     # ------------------------------------------------------------------------------------------ ends
 
