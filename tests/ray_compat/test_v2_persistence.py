@@ -21,7 +21,14 @@ import pytest
 
 import trainkeep as train
 import trainkeep.collective
-from trainkeep import Checkpoint, CheckpointConfig, DataParallelTrainer, FailureConfig, RunConfig, ScalingConfig
+from trainkeep import (
+    Checkpoint,
+    CheckpointConfig,
+    DataParallelTrainer,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 
 NUM_ITERATIONS = 6
 NUM_WORKERS = 3
