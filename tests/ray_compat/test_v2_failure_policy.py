@@ -2,7 +2,7 @@
 
 Ray asks its internal failure policy for RETRY / RAISE decisions; what a user sees is how many times the worker
 group starts: ``max_failures + 1`` times for a loop that always fails, then ``fit()`` raises; with -1, as many
-times as it takes. Ray's 10 is 3 here, to keep the suite fast. The ``scheduling_failure_limit`` tests are about
+times as it takes. Ray's 0, 1, 10 are 0 and 2 here, to keep the suite fast. The ``scheduling_failure_limit`` tests are about
 Ray's placement of workers on a cluster and are not ported.
 """
 
@@ -27,7 +27,7 @@ def counting_loop(config):
         raise RuntimeError(f"Worker {rank} failed")
 
 
-@pytest.mark.parametrize("max_failures", [0, 1, 3])
+@pytest.mark.parametrize("max_failures", [0, 2])
 def test_max_failures(tmp_path, max_failures):
     """Covers test_max_failures: max_failures retries, then the error."""
     (tmp_path / "attempts").mkdir()
@@ -42,10 +42,10 @@ def test_max_failures(tmp_path, max_failures):
 
 
 def test_infinite_retry(tmp_path):
-    """Covers test_infinite_retry: -1 retries until the loop succeeds."""
+    """Covers test_infinite_retry: -1 retries until the loop succeeds (here, on the third attempt)."""
     (tmp_path / "attempts").mkdir()
-    DataParallelTrainer(counting_loop, train_loop_config={"dir": str(tmp_path / "attempts"), "succeed_at": 3},
+    DataParallelTrainer(counting_loop, train_loop_config={"dir": str(tmp_path / "attempts"), "succeed_at": 2},
                         scaling_config=ScalingConfig(num_workers=2),
                         run_config=RunConfig(storage_path=str(tmp_path / "storage"),
                                              failure_config=FailureConfig(max_failures=-1))).fit()
-    assert len(list((tmp_path / "attempts").iterdir())) == 4
+    assert len(list((tmp_path / "attempts").iterdir())) == 3

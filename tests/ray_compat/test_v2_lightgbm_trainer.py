@@ -16,6 +16,7 @@ from trainkeep import RunConfig, ScalingConfig
 lightgbm = pytest.importorskip("lightgbm")
 pd = pytest.importorskip("pandas")
 
+NUM_WORKERS = 1  # two workers join one LightGBM collective in tests/frameworks/test_boosting.py (slow here)
 PARAMS = {"objective": "binary", "metric": ["binary_logloss", "binary_error"]}
 
 
@@ -42,12 +43,13 @@ def lightgbm_train_fn_per_worker(config):
                    valid_names=valid_names, init_model=None, callbacks=[RayTrainReportCallback()])
 
 
-def test_fit_with_categoricals_distributed(tmp_path):
-    """Covers test_fit_with_categoricals_for_distributed_and_local_mode[2]: the model keeps the categories."""
+def test_fit_with_categoricals_in_a_worker_process(tmp_path):
+    """Covers test_fit_with_categoricals_for_distributed_and_local_mode[2], with one worker process: the
+    checkpointed model keeps the categories."""
     from trainkeep.lightgbm import LightGBMTrainer, RayTrainReportCallback
 
     result = LightGBMTrainer(train_loop_per_worker=lightgbm_train_fn_per_worker, train_loop_config=PARAMS,
-                             scaling_config=ScalingConfig(num_workers=2),
+                             scaling_config=ScalingConfig(num_workers=NUM_WORKERS),
                              run_config=RunConfig(storage_path=str(tmp_path))).fit()
     model = RayTrainReportCallback.get_model(result.checkpoint)
     assert model.pandas_categorical == [["A", "B"]]

