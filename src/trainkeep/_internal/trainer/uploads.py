@@ -8,7 +8,6 @@ runs the user's ``checkpoint_upload_fn``. A ``NO_UPLOAD`` checkpoint is register
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import os
 import shutil
