@@ -28,7 +28,7 @@ pytestmark = pytest.mark.ray
 def test_a_worker_reserves_one_cpu_by_default_one_gpu_with_use_gpu_and_what_it_asks_for() -> None:
     assert worker_bundle(tk.ScalingConfig()) == {"CPU": 1.0}
     assert worker_bundle(tk.ScalingConfig(use_gpu=True)) == {"CPU": 1.0, "GPU": 1.0}
-    assert worker_bundle(tk.ScalingConfig(resources_per_worker={"CPU": 0, "GPU": 0.5, "tpu": 2})) == {
+    assert worker_bundle(tk.ScalingConfig(use_gpu=True, resources_per_worker={"CPU": 0, "GPU": 0.5, "tpu": 2})) == {
         "GPU": 0.5, "tpu": 2.0}
 
 

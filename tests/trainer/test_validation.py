@@ -347,6 +347,7 @@ def upload_by_hand(checkpoint: tk.Checkpoint, name: str) -> tk.Checkpoint:
     storage = tk.get_context().get_storage()
     dest = storage.build_checkpoint_path_from_name(name)
     fs = storage.storage_filesystem
+    fs.makedirs(dest, exist_ok=True)  # the directory does not exist yet, as in Ray
     for root, _, files in os.walk(checkpoint.path):
         for file in files:
             rel = os.path.relpath(os.path.join(root, file), checkpoint.path)

@@ -174,7 +174,7 @@ def test_resources_per_worker_cpu_sets_each_worker_s_thread_counts(loop_config, 
 
 @pytest.mark.parametrize("resources", [{"GPU": 1}, {"CPU": 1, "memory": 1e9}, {"accelerator_type:A100": 1}])
 def test_resources_the_local_executor_cannot_honour_are_refused_naming_the_executors_that_do(resources) -> None:
-    scaling = tk.ScalingConfig(num_workers=1, resources_per_worker=resources)
+    scaling = tk.ScalingConfig(num_workers=1, use_gpu="GPU" in resources, resources_per_worker=resources)
     with pytest.raises(tk.ConfigError, match=r"resources_per_worker=.*honours only 'CPU'.*use_gpu=True.*'ray'"):
         tk.DataParallelTrainer(lambda: None, scaling_config=scaling)
     assert local_thread_env(tk.ScalingConfig(resources_per_worker={"CPU": 0})) == {}

@@ -197,6 +197,11 @@ class ScalingConfig:
                         "resources_per_worker must map resource names to finite amounts >= 0, got "
                         f"{key!r}: {amount!r}"
                     )
+            if not self.use_gpu and self.resources_per_worker.get("GPU"):  # Ray's check, in Ray's words
+                raise ConfigError(
+                    "`use_gpu` is False but `GPU` was found in `resources_per_worker` "
+                    f"({self.resources_per_worker!r}): pass use_gpu=True, or leave GPU out"
+                )
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ConfigError(f"placement_strategy must be one of {list(PLACEMENT_STRATEGIES)}, got "
                               f"{_describe(self.placement_strategy)}")

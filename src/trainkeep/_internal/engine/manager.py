@@ -314,6 +314,15 @@ class CheckpointManager(RunValidations):
                 self._closed = True
                 self._lock.release()
 
+    def retain(self) -> None:
+        """Apply retention now, e.g. once a restarted worker group's protection replaced the failed one's (whose
+        workers are gone); a failed delete is logged, and the next commit or open retries it."""
+        with self._mutex:
+            try:
+                self._apply_retention()
+            except OSError as exc:
+                logger.warning("retention of run %s failed: %s", self.path, exc)
+
     def _release_protection(self) -> None:
         """Drop the protection of checkpoints a worker group ran from, and delete what retention no longer keeps."""
         self.protected = set()

@@ -41,8 +41,10 @@ from trainkeep.errors import (
 
 logger = logging.getLogger(__name__)
 
+VALIDATION_POLL_S = 0.05
+"""How often the driver looks whether a validation ended while a get_all_reported_checkpoints(VALIDATED) waits."""
+
 _WAITS_FOR_COMMIT = (CheckpointUploadMode.SYNC.value, CheckpointUploadMode.NO_UPLOAD.value)
-_VALIDATION_POLL_S = 0.05  # how often a VALIDATED get_all_reported_checkpoints() call looks for finished validations
 
 
 class Controller:
@@ -297,9 +299,12 @@ class Controller:
         """Answer the get_all_reported_checkpoints() calls that may be answered now (see ``reported``)."""
         now = time.monotonic()
         for waiter in list(self._listings):
-            if reported.is_answerable(waiter, self._next_k, self.manager, now):
-                self._listings.remove(waiter)
-                self.group.send(waiter.rank, p.Reported(reported.listing(self.manager)))
+            with self.manager._mutex:  # a validation's outcome and its retention are one step, not two
+                if not reported.is_answerable(waiter, self._next_k, self.manager, now):
+                    continue
+                answer = reported.listing(self.manager)
+            self._listings.remove(waiter)
+            self.group.send(waiter.rank, p.Reported(answer))
 
     # ------------------------------------------------------------------------------------------ ends
 
@@ -341,8 +346,7 @@ class Controller:
         ends = [t + self.timeout_s for t in started + self._rendezvous.started()]
         ends += [w.deadline for w in self._listings if w.deadline is not None]
         if any(w.mode is reported.CheckpointConsistencyMode.VALIDATED for w in self._listings):
-            # a validation ends in the runner's thread, which sends no event: look again shortly
-            ends.append(time.monotonic() + _VALIDATION_POLL_S)
+            ends.append(time.monotonic() + VALIDATION_POLL_S)  # a validation ends in another thread: look again
         if not ends:
             return None
         return max(0.0, min(ends) - time.monotonic())

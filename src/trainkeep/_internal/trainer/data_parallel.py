@@ -258,6 +258,8 @@ class DataParallelTrainer:
                 logger.info("resuming run %s from %s (next report index %d)", manager.path,
                             f"checkpoint {start.path}" if start else "no checkpoint", manager.next_round)
             manager.protected = {_name_of(start)} if start else set()
+            if failures:  # what only the failed attempt's start protected goes now, as Ray keeps num_to_keep
+                manager.retain()
             try:
                 return self._attempt(manager, spec, start, failures, runner)
             except AttemptFailed as failed:

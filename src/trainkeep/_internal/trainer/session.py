@@ -212,7 +212,7 @@ def report(
     (default: True for ASYNC, else False) removes the local source directory once its files are uploaded.
 
     ``checkpoint_upload_fn(checkpoint, checkpoint_dir_name) -> Checkpoint`` uploads the checkpoint instead of
-    trainkeep: it must copy the files into the run's directory of that name
+    trainkeep: it must copy the files into the run's directory of that name, which does not exist yet, as in Ray
     (``get_context().get_storage().build_checkpoint_path_from_name(checkpoint_dir_name)``) and return a
     Checkpoint of it; trainkeep then reads back what was uploaded for the manifest and commits. ``validation``
     (True, or a ValidationTaskConfig for this checkpoint) queues the checkpoint for the trainer's

@@ -7,6 +7,7 @@ runs the user's ``checkpoint_upload_fn``. A ``NO_UPLOAD`` checkpoint is register
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -126,6 +127,9 @@ class Uploads:
         """
         assert plan.upload_fn is not None and plan.checkpoint is not None
         name = dest.path.rstrip("/").rpartition("/")[2]
+        if self._storage.is_local:  # still empty: the function creates it, as in Ray (e.g. with shutil.copytree)
+            with contextlib.suppress(OSError):
+                os.rmdir(dest.path)
         uploaded = plan.upload_fn(plan.checkpoint, name)
         if not isinstance(uploaded, Checkpoint):
             self.bad_input = ConfigError(f"checkpoint_upload_fn must return a trainkeep.Checkpoint, got "
