@@ -499,18 +499,18 @@ COLUMNS = (("init s", "init_s", 1), ("fit->1st s", "fit_to_first_iteration_s", 1
 
 def print_table(results: list[dict[str, Any]], sizes: list[int], targets: list[dict[str, Any]]) -> None:
     """Print the measures per size and system, the trainkeep / Ray(best) ratios, and the targets."""
-    print(f"{'S MB':>5} {'system':<13}" + "".join(f"{title:>12}" for title, _, _ in COLUMNS) + "  kept losses")
+    print(f"{'S MB':>5} {'system':<20}" + "".join(f"{title:>12}" for title, _, _ in COLUMNS) + "  kept losses")
     for size in sizes:
         for r in (r for system in SYSTEMS for r in results if r["system"] == system and r["size_mb"] == size):
             if "error" in r:
-                print(f"{size:>5} {r['system']:<13} ERROR {r['error'][-300:]}")
+                print(f"{size:>5} {r['system']:<20} ERROR {r['error'][-300:]}")
                 continue
             cells = "".join(f"{r[key] * scale:>12.4g}" for _, key, scale in COLUMNS)
-            print(f"{size:>5} {r['system']:<13}{cells}  {r['kept_losses']}")
+            print(f"{size:>5} {r['system']:<20}{cells}  {r['kept_losses']}")
         if (ours := lookup(results, "trainkeep", size)) is not None:
             cells = "".join(f"{ours[key] / best:>12.3g}" if (best := best_ray(results, size, key)) else f"{'-':>12}"
                             for _, key, _ in COLUMNS)
-            print(f"{'':>5} {'tk/ray(best)':<13}{cells}")
+            print(f"{'':>5} {'tk/ray(best)':<20}{cells}")
     for t in targets:
         ratio = "-" if t["ratio"] is None else f"{t['ratio']:.3g}"
         against = f" vs {t['ray_config']}" if t["ray_config"] else ""

@@ -239,15 +239,17 @@ class CheckpointManager(RunValidations):
                 manifest = staged.publish(round_index, metrics, files, self._history.flush_owed)
             finally:
                 del self._staging[name]
-            # 2. the index lists it and the history has its row (the next open repairs both if we die here)
+            # 2. the index lists it, without what retention deletes (listed as retiring: one index write does
+            #    both), and the history has its row (the next open repairs both if we die here)
             self._committed_names.add(name)
             self._next_round += 1
             self._state.index.checkpoints.append(IndexEntry.from_manifest(manifest))
+            retention = self._plan_retention()
             together(lambda: self._history.append(round_index, metrics, name, durable=True),  # fsyncs overlap
                      lambda: self._write_index(self._state))
-            # 3. the intent record goes, then 4. retention
+            # 3. the intent record goes, then 4. retention deletes (the index no longer lists them)
             staged.finish()
-            self._apply_retention()
+            self._delete_retired(retention)
             self._log_commit(staged, manifest, transfer)
             return Checkpoint(staged.path, self.storage.fs)
 

@@ -43,19 +43,35 @@ class RunPruning(RunViews):
 
     def _apply_retention(self, config: CheckpointConfig | None = None, *, corrupt_only: bool = False) -> Decision:
         """Delete what retention decides: the index first, then each manifest, then each directory's files."""
+        decision = self._plan_retention(config, corrupt_only=corrupt_only)
+        if decision.delete:
+            self._write_index(self._state)
+            self._delete_retired(decision)
+        return decision
+
+    def _plan_retention(self, config: CheckpointConfig | None = None, *, corrupt_only: bool = False) -> Decision:
+        """Decide what retention deletes and take it out of the in-memory index (listed as retiring); no write.
+
+        The index write that follows (the caller's: a commit's own, or :meth:`_apply_retention`'s) must be
+        durable before :meth:`_delete_retired` deletes anything.
+        """
         index = self._state.index
         decision = decide_retention(self.storage, self.path, index, config or self.config, self.protected,
                                     corrupt_only=corrupt_only)
+        if decision.delete:
+            doomed = {r.name for r in decision.delete}
+            index.checkpoints = [c for c in index.checkpoints if c.name not in doomed]
+            index.retiring = sorted(set(index.retiring) | doomed)
+        return decision
+
+    def _delete_retired(self, decision: Decision) -> None:
+        """Delete what ``decision`` dooms (already out of the index on storage): manifests, then files."""
         if not decision.delete:
-            return decision
-        doomed = {r.name for r in decision.delete}
-        index.checkpoints = [c for c in index.checkpoints if c.name not in doomed]
-        index.retiring = sorted(set(index.retiring) | doomed)
-        self._write_index(self._state)
+            return
+        index = self._state.index
         for record in decision.delete:
             logger.debug("retention deletes %s: %s", record.name, decision.reasons[record.name])
             self._committed_names.discard(record.name)
             delete_checkpoint(self.storage, self.path, record.name)
         self.storage.sync_dir(self.path)  # the removals are durable before the index stops listing them
         index.retiring = [n for n in index.retiring if self.storage.exists(self._dir(n))]
-        return decision
