@@ -258,7 +258,8 @@ class Controller:
         assert rnd.staged is not None
         storage, root = self.manager.storage, rnd.staged.path
         uploaded = {e.path for e in known}
-        entries, subdirs = [], set()
+        entries: list[FileEntry] = []
+        subdirs: set[str] = set()
         for rel in iter_files(storage, root):
             if rel in uploaded or is_reserved_file(rel) or rel == MANIFEST_NAME:
                 continue
