@@ -133,7 +133,7 @@ def by_hand_loop(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
     weights = torch.randint(0, 255, (config["nbytes"],), dtype=torch.uint8)
     kept: dict[str, float] = {}
-    rounds, saves, syncs = [], [], []
+    rounds, saves, syncs, deletes = [], [], [], []
     for step, loss in enumerate(config["losses"]):
         path = os.path.join(run_dir, f"checkpoint_{step:06d}")
         t0 = time.perf_counter()
@@ -150,10 +150,12 @@ def by_hand_loop(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
         syncs.append(t2 - t1)
         kept[path] = loss
         keep = set(sorted(kept, key=lambda p: kept[p])[:2]) | {path}
+        t3 = time.perf_counter()
         for old in [p for p in kept if p not in keep]:
             shutil.rmtree(old)
             del kept[old]
-    return {"rounds": rounds, "saves": saves, "fsyncs": syncs}
+        deletes.append(time.perf_counter() - t3)
+    return {"rounds": rounds, "saves": saves, "fsyncs": syncs, "deletes": deletes}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -322,7 +324,7 @@ def _measure_by_hand(size_mb: int, config: dict[str, Any], storage: str) -> dict
     os.makedirs(run_dir)
     t0 = time.time()
     try:
-        stamps = by_hand_loop(config, run_dir) if size_mb else {"rounds": [0.0], "saves": [], "fsyncs": []}
+        stamps = by_hand_loop(config, run_dir) if size_mb else {"rounds": [0.0], "saves": [], "fsyncs": [], "deletes": []}
     finally:
         sampler.stop()
     fit_s = time.time() - t0
@@ -335,6 +337,7 @@ def _measure_by_hand(size_mb: int, config: dict[str, Any], storage: str) -> dict
         "median_round_s": statistics.median(rounds) if rounds else 0.0, "round_s": rounds,
         "mean_save_s": statistics.fmean(stamps["saves"]) if stamps["saves"] else 0.0,
         "mean_fsync_s": statistics.fmean(stamps["fsyncs"]) if stamps["fsyncs"] else 0.0,
+        "mean_untimed_delete_s": statistics.fmean(stamps["deletes"]) if stamps.get("deletes") else 0.0,
         "fit_s": fit_s, "fit_after_last_report_s": 0.0,
         "peak_rss_bytes": sampler.peak_rss, "peak_processes": sampler.peak_processes,
         "storage_bytes": on_storage, "kept_losses": kept,
@@ -408,13 +411,14 @@ def spawn(system: str, size_mb: int, reports: int, root: str) -> dict[str, Any]:
         env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     cmd = [sys.executable, os.path.abspath(__file__), "--one", system, "--size-one", str(size_mb),
            "--reports", str(reports), "--work", work, "--out", out]
+    load_before = os.getloadavg()[0]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
         if proc.returncode != 0 or not os.path.exists(out):
             tail = (proc.stdout + proc.stderr)[-3000:]
             return {"system": system, "size_mb": size_mb, "error": f"exit {proc.returncode}: {tail}"}
         with open(out) as f:
-            return json.load(f)
+            return {**json.load(f), "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0]}
     except subprocess.TimeoutExpired:
         return {"system": system, "size_mb": size_mb, "error": f"timed out after {CHILD_TIMEOUT_S} s"}
     finally:
@@ -514,7 +518,10 @@ def print_table(results: list[dict[str, Any]], sizes: list[int], targets: list[d
     for t in targets:
         ratio = "-" if t["ratio"] is None else f"{t['ratio']:.3g}"
         against = f" vs {t['ray_config']}" if t["ray_config"] else ""
-        floor = f"; floor (by-hand/ray-fast) {t['floor_ratio']:.3g}" if t.get("floor_ratio") is not None else ""
+        floor = ""
+        if t.get("floor_ratio") is not None:
+            floor = (f"; floor (by-hand/ray-fast) {t['floor_ratio']:.3g}: by-hand save {t['save_s']:.3f} s + fsync "
+                     f"{t['by_hand_fsync_s']:.3f} s, ray-fast round {t['ray_best']:.3f} s")
         print(f"target {t['target']:<26} S={t['size_mb']:<4} trainkeep/other {ratio:>7} (limit {t['limit']:.3g})"
               f"{against}: {'met' if t['met'] else 'MISSED'}{floor}")
 
