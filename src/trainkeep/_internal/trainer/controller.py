@@ -22,6 +22,7 @@ from trainkeep._internal.core.manifest import FileEntry
 from trainkeep._internal.engine.checkpoint import Checkpoint
 from trainkeep._internal.engine.manager import CheckpointManager
 from trainkeep._internal.storage import iter_files
+from trainkeep._internal.storage.local import run_all
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer import reported
 from trainkeep._internal.trainer.callbacks import CallbackRunner
@@ -258,13 +259,11 @@ class Controller:
         assert rnd.staged is not None
         storage, root = self.manager.storage, rnd.staged.path
         uploaded = {e.path for e in known}
-        entries: list[FileEntry] = []
+        found = [rel for rel in iter_files(storage, root)
+                 if rel not in uploaded and not is_reserved_file(rel) and rel != MANIFEST_NAME]
+        entries = run_all(lambda rel: FileEntry(rel, *storage.seal(f"{root}/{rel}")), found)  # fsyncs overlap
         subdirs: set[str] = set()
-        for rel in iter_files(storage, root):
-            if rel in uploaded or is_reserved_file(rel) or rel == MANIFEST_NAME:
-                continue
-            size, digest = storage.seal(f"{root}/{rel}")
-            entries.append(FileEntry(rel, size, digest))
+        for rel in found:
             parts = rel.split("/")[:-1]
             subdirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
         for sub in sorted(subdirs, key=len, reverse=True):  # each entry, then the one of the directory above it
