@@ -10,7 +10,12 @@ every round (S=0: none); ``num_to_keep=2`` by a loss that goes up and down, so b
 Measured per run: fit() to the loop's first line, mean time per round (rank 0, between report() returns), total
 fit() time, peak RSS summed over the driver and every process it (or Ray) started, bytes on storage, and the
 losses of the checkpoints left. Ray is bound to 127.0.0.1 and its sockets are checked. Prints a table with
-trainkeep / Ray(best) ratios and the targets of issue 7; writes benchmarks/results/bench_vs_ray.json.
+trainkeep / Ray(best) ratios and the targets of issues 7 and 15; writes benchmarks/results/bench_vs_ray.json.
+
+Two more systems per size (issue 15, target 3): ``trainkeep-no-upload``, where rank 0 writes its checkpoint
+straight into the run's directory and reports it with ``checkpoint_upload_mode=NO_UPLOAD``, and ``by-hand``, the
+same save into a directory of its own followed by an fsync of each file, the directory and its parent, with no
+library at all (one process): the cost of a durable checkpoint on this disk.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "bench_vs_ray.json")
-SYSTEMS = ("ray-default", "ray-fast", "trainkeep")
+SYSTEMS = ("ray-default", "ray-fast", "trainkeep", "trainkeep-no-upload", "by-hand")
+RAY_SYSTEMS = ("ray-default", "ray-fast")
+# issue 15, target 3: trainkeep's SYNC round against Ray at its fastest poll, and NO_UPLOAD against the by-hand loop
+SYNC_VS_RAY_LIMIT, NO_UPLOAD_VS_HAND_LIMIT = 0.5, 1.2
 NUM_WORKERS = 2
 SAMPLE_EVERY_S = 0.05
 CHILD_TIMEOUT_S = 900
@@ -70,23 +78,84 @@ def train_loop(config: dict[str, Any]) -> None:
     weights = torch.randint(0, 255, (nbytes,), dtype=torch.uint8) if nbytes else None
     returns: list[float] = []  # time.time() after each report() returned
     saves: list[float] = []  # seconds each torch.save (and meta.json) took
+    in_place = config.get("no_upload", False)
     for step, loss in enumerate(config["losses"]):
         # Only a rank that writes a checkpoint makes a local directory, so S=0 times report() alone.
-        scope = tempfile.TemporaryDirectory(dir=config["scratch"]) if weights is not None else nullcontext("")
+        # NO_UPLOAD: the checkpoint is written straight into the run's own directory (as the user guide says).
+        if weights is None:
+            scope: Any = nullcontext("")
+        elif in_place:
+            scope = nullcontext(api.get_context().get_storage().build_checkpoint_path_from_name(f"ckpt_{step:06d}"))
+        else:
+            scope = tempfile.TemporaryDirectory(dir=config["scratch"])
         with scope as local_dir:
-            checkpoint = None
+            checkpoint, extra = None, {}
             if weights is not None:
+                if in_place:
+                    os.makedirs(local_dir)
+                    extra = {"checkpoint_upload_mode": api.CheckpointUploadMode.NO_UPLOAD}
                 t0 = time.time()
-                torch.save({"step": step, "weights": weights}, os.path.join(local_dir, "model.pt"))
-                with open(os.path.join(local_dir, "meta.json"), "w") as f:
-                    json.dump({"step": step, "loss": loss}, f)
+                save_checkpoint(torch, local_dir, step, loss, weights)
                 saves.append(time.time() - t0)
                 checkpoint = api.Checkpoint.from_directory(local_dir)
-            api.report({"loss": loss, "step": step, "entered": entered}, checkpoint=checkpoint)
+            api.report({"loss": loss, "step": step, "entered": entered}, checkpoint=checkpoint, **extra)
         returns.append(time.time())
     if rank == 0:
         with open(config["stamps_path"], "w") as f:
             json.dump({"entered": entered, "returns": returns, "saves": saves}, f)
+
+
+def save_checkpoint(torch: Any, directory: str, step: int, loss: float, weights: Any) -> None:
+    """Write one checkpoint into ``directory``: the tensor with ``torch.save`` and a small ``meta.json``."""
+    torch.save({"step": step, "weights": weights}, os.path.join(directory, "model.pt"))
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+        json.dump({"step": step, "loss": loss}, f)
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def by_hand_loop(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The loop without any checkpoint library: the same save, then fsync each file, the directory and its parent.
+
+    Each round writes ``checkpoint_<step>`` into ``run_dir`` and makes it durable itself. A round is timed from
+    before ``mkdir`` to after the last fsync. Afterwards, outside the clock, the checkpoints that retention would
+    not keep (the 2 lowest losses plus the latest) are deleted, so only the write and its fsyncs are timed: the
+    floor that a durable checkpoint costs on this disk.
+    """
+    import torch
+
+    weights = torch.randint(0, 255, (config["nbytes"],), dtype=torch.uint8)
+    kept: dict[str, float] = {}
+    rounds, saves, syncs, deletes = [], [], [], []
+    for step, loss in enumerate(config["losses"]):
+        path = os.path.join(run_dir, f"checkpoint_{step:06d}")
+        t0 = time.perf_counter()
+        os.makedirs(path)
+        save_checkpoint(torch, path, step, loss, weights)
+        t1 = time.perf_counter()
+        for name in ("model.pt", "meta.json"):
+            fsync_path(os.path.join(path, name))
+        fsync_path(path)
+        fsync_path(run_dir)
+        t2 = time.perf_counter()
+        rounds.append(t2 - t0)
+        saves.append(t1 - t0)
+        syncs.append(t2 - t1)
+        kept[path] = loss
+        keep = set(sorted(kept, key=lambda p: kept[p])[:2]) | {path}
+        t3 = time.perf_counter()
+        for old in [p for p in kept if p not in keep]:
+            shutil.rmtree(old)
+            del kept[old]
+        deletes.append(time.perf_counter() - t3)
+    return {"rounds": rounds, "saves": saves, "fsyncs": syncs, "deletes": deletes}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -190,9 +259,11 @@ def run_one(system: str, size_mb: int, reports: int, work: str) -> dict[str, Any
     os.makedirs(storage)
     os.makedirs(scratch)
     config = {"nbytes": size_mb * 1_000_000, "losses": loss_sequence(reports), "scratch": scratch,
-              "stamps_path": os.path.join(work, "stamps.json"),
-              "api": "trainkeep" if system == "trainkeep" else "ray.train"}
-    is_ray = system.startswith("ray")
+              "stamps_path": os.path.join(work, "stamps.json"), "no_upload": system == "trainkeep-no-upload",
+              "api": "ray.train" if system in RAY_SYSTEMS else "trainkeep"}
+    if system == "by-hand":
+        return _measure_by_hand(size_mb, config, storage)
+    is_ray = system in RAY_SYSTEMS
     # Ray's socket paths live under its temp dir and must stay under 108 bytes: keep that dir short.
     ray_dir = tempfile.mkdtemp(prefix="tkr", dir="/tmp") if is_ray else ""
     try:
@@ -242,6 +313,35 @@ def _measure(system: str, size_mb: int, config: dict[str, Any], storage: str, ra
         "peak_rss_bytes": sampler.peak_rss, "peak_processes": sampler.peak_processes,
         "storage_bytes": on_storage, "kept_losses": kept,
         "expected_kept_losses": expected_kept(config["losses"], 2) if size_mb else [], "network": network,
+    }
+
+
+def _measure_by_hand(size_mb: int, config: dict[str, Any], storage: str) -> dict[str, Any]:
+    """Run :func:`by_hand_loop` in this process; return the measures with the keys of the other systems."""
+    sampler = MemorySampler(marker=None)
+    sampler.start()
+    run_dir = os.path.join(storage, "bench")
+    os.makedirs(run_dir)
+    t0 = time.time()
+    try:
+        stamps = by_hand_loop(config, run_dir) if size_mb else {"rounds": [0.0], "saves": [], "fsyncs": [], "deletes": []}
+    finally:
+        sampler.stop()
+    fit_s = time.time() - t0
+    rounds = stamps["rounds"][1:]  # like the others: round k is from the end of round k-1 to the end of round k
+    on_storage, kept = walk_storage(storage)
+    return {
+        "system": "by-hand", "size_mb": size_mb, "reports": len(config["losses"]), "init_s": 0.0,
+        "fit_to_first_iteration_s": 0.0, "start_to_first_iteration_s": 0.0,
+        "mean_round_s": statistics.fmean(rounds) if rounds else 0.0,
+        "median_round_s": statistics.median(rounds) if rounds else 0.0, "round_s": rounds,
+        "mean_save_s": statistics.fmean(stamps["saves"]) if stamps["saves"] else 0.0,
+        "mean_fsync_s": statistics.fmean(stamps["fsyncs"]) if stamps["fsyncs"] else 0.0,
+        "mean_untimed_delete_s": statistics.fmean(stamps["deletes"]) if stamps.get("deletes") else 0.0,
+        "fit_s": fit_s, "fit_after_last_report_s": 0.0,
+        "peak_rss_bytes": sampler.peak_rss, "peak_processes": sampler.peak_processes,
+        "storage_bytes": on_storage, "kept_losses": kept,
+        "expected_kept_losses": expected_kept(config["losses"], 2) if size_mb else [], "network": {},
     }
 
 
@@ -311,13 +411,14 @@ def spawn(system: str, size_mb: int, reports: int, root: str) -> dict[str, Any]:
         env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     cmd = [sys.executable, os.path.abspath(__file__), "--one", system, "--size-one", str(size_mb),
            "--reports", str(reports), "--work", work, "--out", out]
+    load_before = os.getloadavg()[0]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
         if proc.returncode != 0 or not os.path.exists(out):
             tail = (proc.stdout + proc.stderr)[-3000:]
             return {"system": system, "size_mb": size_mb, "error": f"exit {proc.returncode}: {tail}"}
         with open(out) as f:
-            return json.load(f)
+            return {**json.load(f), "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0]}
     except subprocess.TimeoutExpired:
         return {"system": system, "size_mb": size_mb, "error": f"timed out after {CHILD_TIMEOUT_S} s"}
     finally:
@@ -332,7 +433,7 @@ def lookup(results: list[dict[str, Any]], system: str, size_mb: int) -> dict[str
 
 def best_ray(results: list[dict[str, Any]], size_mb: int, key: str) -> float | None:
     """Return the better (smaller) value of ``key`` over the Ray runs at ``size_mb``: Ray at its best."""
-    return min((r[key] for r in results if r["system"].startswith("ray") and r["size_mb"] == size_mb
+    return min((r[key] for r in results if r["system"] in RAY_SYSTEMS and r["size_mb"] == size_mb
                 and "error" not in r), default=None)
 
 
@@ -354,7 +455,7 @@ def check_targets(results: list[dict[str, Any]], sizes: list[int]) -> list[dict[
             checks.insert(0, ("round time, no checkpoint", "mean_round_s", 0.01))
         cases = [(name, ours[key], best_ray(results, size, key), limit, "") for name, key, limit in checks]
         # Overhead: against the Ray configuration with the shortest round at this size, minus its own S=0.
-        ray_rounds = {s: r["mean_round_s"] for s in SYSTEMS[:2] if (r := lookup(results, s, size)) is not None}
+        ray_rounds = {s: r["mean_round_s"] for s in RAY_SYSTEMS if (r := lookup(results, s, size)) is not None}
         fastest = min(ray_rounds, key=lambda s: ray_rounds[s]) if ray_rounds else ""
         if size >= 100 and 0 in sizes and fastest:
             cases.append(("round overhead over S=0", overhead(results, "trainkeep", size),
@@ -364,6 +465,34 @@ def check_targets(results: list[dict[str, Any]], sizes: list[int]) -> list[dict[
             ratio = mine / theirs if mine is not None and theirs is not None and theirs > 0 else None
             rows.append({"target": name, "size_mb": size, "trainkeep": mine, "ray_best": theirs, "limit": limit,
                          "ray_config": against, "ratio": ratio, "met": ratio is not None and ratio <= limit})
+    return rows + check_issue15(results, sizes)
+
+
+def check_issue15(results: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
+    """Issue 15, target 3: SYNC round / ray-fast round <= 0.5; NO_UPLOAD round / by-hand round <= 1.2.
+
+    Each SYNC row also carries the floor: the by-hand round (the same save plus one durable write, nothing
+    else) over ray-fast's round. A floor above the limit means no library could meet it on this disk.
+    """
+    rows = []
+    for size in (s for s in sizes if s):
+        fast, ours = lookup(results, "ray-fast", size), lookup(results, "trainkeep", size)
+        hand, in_place = lookup(results, "by-hand", size), lookup(results, "trainkeep-no-upload", size)
+        if fast and ours:
+            floor = hand["mean_round_s"] / fast["mean_round_s"] if hand else None
+            ratio = ours["mean_round_s"] / fast["mean_round_s"]
+            rows.append({"target": "SYNC round vs ray-fast", "size_mb": size, "trainkeep": ours["mean_round_s"],
+                         "ray_best": fast["mean_round_s"], "limit": SYNC_VS_RAY_LIMIT, "ray_config": "ray-fast",
+                         "ratio": ratio, "met": ratio <= SYNC_VS_RAY_LIMIT, "floor_ratio": floor,
+                         "floor_round_s": hand["mean_round_s"] if hand else None,
+                         "save_s": hand["mean_save_s"] if hand else None,
+                         "by_hand_fsync_s": hand["mean_fsync_s"] if hand else None})
+        if hand and in_place:
+            ratio = in_place["mean_round_s"] / hand["mean_round_s"]
+            rows.append({"target": "NO_UPLOAD round vs by hand", "size_mb": size,
+                         "trainkeep": in_place["mean_round_s"], "ray_best": None, "by_hand": hand["mean_round_s"],
+                         "limit": NO_UPLOAD_VS_HAND_LIMIT, "ray_config": "by-hand", "ratio": ratio,
+                         "met": ratio <= NO_UPLOAD_VS_HAND_LIMIT})
     return rows
 
 
@@ -374,23 +503,27 @@ COLUMNS = (("init s", "init_s", 1), ("fit->1st s", "fit_to_first_iteration_s", 1
 
 def print_table(results: list[dict[str, Any]], sizes: list[int], targets: list[dict[str, Any]]) -> None:
     """Print the measures per size and system, the trainkeep / Ray(best) ratios, and the targets."""
-    print(f"{'S MB':>5} {'system':<13}" + "".join(f"{title:>12}" for title, _, _ in COLUMNS) + "  kept losses")
+    print(f"{'S MB':>5} {'system':<20}" + "".join(f"{title:>12}" for title, _, _ in COLUMNS) + "  kept losses")
     for size in sizes:
         for r in (r for system in SYSTEMS for r in results if r["system"] == system and r["size_mb"] == size):
             if "error" in r:
-                print(f"{size:>5} {r['system']:<13} ERROR {r['error'][-300:]}")
+                print(f"{size:>5} {r['system']:<20} ERROR {r['error'][-300:]}")
                 continue
             cells = "".join(f"{r[key] * scale:>12.4g}" for _, key, scale in COLUMNS)
-            print(f"{size:>5} {r['system']:<13}{cells}  {r['kept_losses']}")
+            print(f"{size:>5} {r['system']:<20}{cells}  {r['kept_losses']}")
         if (ours := lookup(results, "trainkeep", size)) is not None:
             cells = "".join(f"{ours[key] / best:>12.3g}" if (best := best_ray(results, size, key)) else f"{'-':>12}"
                             for _, key, _ in COLUMNS)
-            print(f"{'':>5} {'tk/ray(best)':<13}{cells}")
+            print(f"{'':>5} {'tk/ray(best)':<20}{cells}")
     for t in targets:
         ratio = "-" if t["ratio"] is None else f"{t['ratio']:.3g}"
         against = f" vs {t['ray_config']}" if t["ray_config"] else ""
-        print(f"target {t['target']:<26} S={t['size_mb']:<4} trainkeep/Ray {ratio:>7} (limit {t['limit']:.3g})"
-              f"{against}: {'met' if t['met'] else 'MISSED'}")
+        floor = ""
+        if t.get("floor_ratio") is not None:
+            floor = (f"; floor (by-hand/ray-fast) {t['floor_ratio']:.3g}: by-hand save {t['save_s']:.3f} s + fsync "
+                     f"{t['by_hand_fsync_s']:.3f} s, ray-fast round {t['ray_best']:.3f} s")
+        print(f"target {t['target']:<26} S={t['size_mb']:<4} trainkeep/other {ratio:>7} (limit {t['limit']:.3g})"
+              f"{against}: {'met' if t['met'] else 'MISSED'}{floor}")
 
 
 def machine() -> dict[str, Any]:
@@ -443,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             for system in systems:
+                if size == 0 and system in ("trainkeep-no-upload", "by-hand"):
+                    continue  # without a checkpoint both are the plain trainkeep run, or nothing
                 print(f"running {system} S={size} MB ...", file=sys.stderr, flush=True)
                 results.append(spawn(system, size, args.reports, root))
             if size:

@@ -15,7 +15,14 @@ needs_install() {
     [[ ! -f "$STAMP" ]] || [[ "$ROOT/pyproject.toml" -nt "$STAMP" ]] || [[ "${BASH_SOURCE[0]}" -nt "$STAMP" ]]
 }
 
-if needs_install; then
+# A virtualenv named by BENCH_VENV that already has Ray 2.60, torch and psutil is used as it is: nothing is
+# installed into it (it may be shared), and trainkeep comes from this checkout's src/ (PYTHONPATH below).
+has_deps() {
+    [[ -n "${BENCH_VENV:-}" && -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c \
+        "import ray, torch, psutil; assert ray.__version__ == '2.60.0'" >/dev/null 2>&1
+}
+
+if ! has_deps && needs_install; then
     echo "bench_vs_ray: preparing $VENV (ray[train]==2.60.0, torch==2.13.0, psutil, trainkeep)" >&2
     [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
@@ -33,6 +40,7 @@ export RAY_USAGE_STATS_ENABLED=0
 export RAY_NODE_IP_ADDRESS=127.0.0.1
 export RAY_DISABLE_DOCKER_CPU_WARNING=1
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 
 cd "$ROOT"
 exec "$VENV/bin/python" benchmarks/bench_vs_ray.py "$@"

@@ -189,3 +189,35 @@ def test_a_closed_manager_refuses_to_stage_or_commit(run_dir: str, tmp_path: Pat
         staged.commit({"step": 0}, entries)
     with tk.CheckpointManager(run_dir) as reopened:  # the staged directory was debris: swept
         assert reopened.checkpoints == [] and not Path(staged.path).exists()
+
+
+def test_a_commit_that_retires_a_checkpoint_writes_the_index_once_and_defers_the_run_dir_fsync(tmp_path):
+    """Retention's index write is the commit's own, and the removals become durable with the next commit's
+    fsync of the run directory: the retired name stays listed as retiring until then (and until close)."""
+    from trainkeep.testing import FaultyStorage, is_sync
+
+    run_dir = str(tmp_path / "run")
+    storage = FaultyStorage(LocalStorage())
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(b"m" * 1024)
+    manager = tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=1), storage=storage)
+    manager.report({"i": 0}, checkpoint=tk.Checkpoint.from_directory(str(src)))
+    first = len(storage.ops)
+    manager.report({"i": 1}, checkpoint=tk.Checkpoint.from_directory(str(src)))  # retires checkpoint_000000
+    ops = storage.ops[first:]
+    index_writes = [op for op in ops if op.level == "syscall" and op.name == "rename" and RUN_INDEX_NAME in op.dest]
+    syncs = [op for op in ops if is_sync(op)]
+    print(f"{len(syncs)} fsyncs: " + ", ".join(f"{op.name} {os.path.basename(op.path)}" for op in syncs))
+    assert len(index_writes) == 1
+    # intent dir, file, run dir, its dir, manifest + dir, history, index + run dir, retired dir (13 before)
+    assert len(syncs) == 10
+    assert syncs[-1].name == "fsync_dir" and syncs[-1].path == os.path.join(run_dir, "checkpoint_000000")
+    assert not os.path.exists(os.path.join(run_dir, "checkpoint_000000"))
+    assert json.loads(Path(run_dir, RUN_INDEX_NAME).read_text())["retiring"] == ["checkpoint_000000"]
+    manager.report({"i": 2}, checkpoint=tk.Checkpoint.from_directory(str(src)))  # its run-dir fsync settles it
+    assert json.loads(Path(run_dir, RUN_INDEX_NAME).read_text())["retiring"] == ["checkpoint_000001"]
+    manager.close()
+    assert json.loads(Path(run_dir, RUN_INDEX_NAME).read_text())["retiring"] == []
+    with tk.CheckpointManager(run_dir, tk.CheckpointConfig(num_to_keep=1)) as reopened:
+        assert [c.name for c in reopened._state.index.checkpoints] == ["checkpoint_000002"]

@@ -46,4 +46,4 @@ def test_the_storage_surface_has_no_hidden_transfer_state_and_no_unused_methods(
     surface = {name for name in dir(Storage) if not name.startswith("_")}
     assert surface.isdisjoint({"get_file", "delete_files", "record_transfer", "pop_transfer", "open_read",
                                "read_log_parts"})
-    assert len(surface - {"fs", "is_local"}) == 19  # read_range: the window before the history mark (opening a run)
+    assert len(surface - {"fs", "is_local"}) == 20  # read_range: the window before the history mark (opening a run); seal: NO_UPLOAD files

@@ -144,3 +144,23 @@ def test_an_upload_error_is_reported_at_once_then_raised_by_the_next_submit_and_
     with pytest.raises(OSError, match="disk full"):
         uploader.close()
     assert [str(f) for f in failures] == ["disk full"]
+
+
+def test_no_upload_files_are_fsynced_before_their_manifest(loop_config, make_run, tmp_path):
+    """A NO_UPLOAD file lies in the run unsynced (the loop wrote it): the driver must fsync it before the manifest."""
+    from trainkeep.testing.injection import Faults, inject
+
+    log = tmp_path / "driver_ops.log"
+    loop_config.update(epochs=2)
+    trainer = tk.DataParallelTrainer(loops.in_place, train_loop_config=loop_config,
+                                     scaling_config=tk.ScalingConfig(num_workers=2), run_config=make_run())
+    result = inject(trainer, Faults(role="driver", log=str(log))).fit()
+    ops = [line.split(maxsplit=3)[1:] for line in log.read_text().splitlines()]  # [level, name, path]
+    for epoch in range(2):
+        ckpt = os.path.join(result.path, f"ckpt_{epoch}")
+        manifest_at = next(i for i, (level, name, path) in enumerate(ops)
+                           if level == "syscall" and name == "rename" and path.startswith(ckpt + "/"))
+        for rank in (0, 1):
+            shard = os.path.join(ckpt, f"shard_{rank}.txt")
+            synced = [i for i, (level, name, path) in enumerate(ops) if name == "fsync_file" and path == shard]
+            assert synced and synced[0] < manifest_at, f"{shard} not fsynced before its manifest"

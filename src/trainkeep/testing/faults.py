@@ -272,6 +272,9 @@ class FaultyStorage(Storage):
     def checksum(self, path: str) -> tuple[int, str]:
         return tuple(self._call("checksum", path, lambda: self.inner.checksum(path)))  # type: ignore[return-value]
 
+    def seal(self, path: str) -> tuple[int, str]:
+        return tuple(self._call("seal", path, lambda: self.inner.seal(path)))  # type: ignore[return-value]
+
     def download(self, src: str, local_dest: str) -> tuple[int, str]:
         return tuple(self._call("download", src, lambda: self.inner.download(src, local_dest),  # type: ignore
                                 local_dest))

@@ -201,6 +201,7 @@ class CheckpointManager(RunValidations):
         if name in self._retiring_on_disk:
             # The name of a checkpoint that retention deleted is reused: the index on storage must stop
             # listing it as retiring before the new one commits, or the next open would delete the new one.
+            self._settle_retiring()
             self._write_index(self._state)
         staged = StagedCheckpoint(self, self.storage, self.path, name)
         staged.begin()
@@ -239,15 +240,18 @@ class CheckpointManager(RunValidations):
                 manifest = staged.publish(round_index, metrics, files, self._history.flush_owed)
             finally:
                 del self._staging[name]
-            # 2. the index lists it and the history has its row (the next open repairs both if we die here)
+            self._retired_durable()  # publish fsynced the run directory: the earlier removals are durable
+            # 2. the index lists it, without what retention deletes (listed as retiring: one index write does
+            #    both), and the history has its row (the next open repairs both if we die here)
             self._committed_names.add(name)
             self._next_round += 1
             self._state.index.checkpoints.append(IndexEntry.from_manifest(manifest))
+            retention = self._plan_retention()
             together(lambda: self._history.append(round_index, metrics, name, durable=True),  # fsyncs overlap
                      lambda: self._write_index(self._state))
-            # 3. the intent record goes, then 4. retention
+            # 3. the intent record goes, then 4. retention deletes (the index no longer lists them)
             staged.finish()
-            self._apply_retention()
+            self._delete_retired(retention, sync=False)  # made durable by the next commit's run-dir fsync
             self._log_commit(staged, manifest, transfer)
             return Checkpoint(staged.path, self.storage.fs)
 
@@ -328,6 +332,7 @@ class CheckpointManager(RunValidations):
         self.protected = set()
         try:
             self._apply_retention()
+            self._settle_retiring()  # the last commit's removals, so the closed run's index lists them no more
         except OSError as exc:  # the run stays consistent: the next open or commit retries the deletes
             logger.warning("retention at close of run %s failed: %s", self.path, exc)
 

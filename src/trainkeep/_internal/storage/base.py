@@ -130,6 +130,15 @@ class Storage(ABC):
     def checksum(self, path: str) -> tuple[int, str]:
         """Return the size and checksum of a stored file, read in chunks."""
 
+    def seal(self, path: str) -> tuple[int, str]:
+        """Return the size and checksum of a file that was written in place (not by this Storage), and make
+        its bytes durable, as a commit needs before its manifest (a NO_UPLOAD checkpoint's files).
+
+        Here: :meth:`checksum` alone, for stores where a written object is durable (an object store's PUT); the
+        local disk also fsyncs the file. Raises what :meth:`checksum` raises.
+        """
+        return self.checksum(path)
+
     @abstractmethod
     def download(self, src: str, local_dest: str) -> tuple[int, str]:
         """Copy stored file ``src`` to a new local file ``local_dest`` in one pass; return its size and checksum.

@@ -167,15 +167,19 @@ def _hash_range(fd: int, view: memoryview, offset: int, n: int, hasher: object, 
         done += got
 
 
-def hash_file(path: str) -> tuple[int, str]:
+def hash_file(path: str, writeback: bool = False) -> tuple[int, str]:
     """Return the size and checksum of local file ``path``, read through populated mmap windows.
 
     One window of CHUNK_SIZE bytes is mapped at a time, so the memory mapped stays bounded whatever the size.
+    ``writeback`` first starts the writeback of the whole file (see syscalls.start_writeback), so that the disk
+    writes while the file is hashed and an fsync that follows waits for little.
     """
     hasher = new_hasher()
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
+        if writeback:
+            start_writeback(fd, 0, 0)
         for start in range(0, size, CHUNK_SIZE):
             length = min(CHUNK_SIZE, size - start)
             with mmap.mmap(fd, length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start) as window:

@@ -17,7 +17,7 @@ import fsspec
 from trainkeep._internal.core.layout import TEMP_SUFFIX
 from trainkeep._internal.core.manifest import FileEntry
 from trainkeep._internal.storage.base import PutResult, Storage, hash_stream, wrap_error
-from trainkeep._internal.storage.fastcopy import copy_file, move_file, same_device
+from trainkeep._internal.storage.fastcopy import copy_file, hash_file, move_file, same_device
 from trainkeep._internal.storage.locking import RunLock, holder_record, parse_holder
 from trainkeep._internal.storage.parts import read_log
 from trainkeep._internal.storage.progress import Transfer
@@ -182,6 +182,21 @@ class LocalStorage(Storage):
     def checksum(self, path: str) -> tuple[int, str]:
         with open(path, "rb") as f:
             return hash_stream(f)
+
+    def seal(self, path: str) -> tuple[int, str]:
+        """Checksum a file written in place, then fsync it; its writeback starts before the hash, so they overlap.
+
+        Raises:
+            FileNotFoundError when ``path`` is missing; StorageError for any other failure.
+        """
+        try:
+            size, digest = hash_file(path, writeback=True)
+            self.syscalls.fsync_file(path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError("fsync", path, exc) from exc
+        return size, digest
 
     def read_log(self, path: str) -> tuple[bytes, list[bytes]]:
         """Read the appended log at ``path`` (and parts, if the run was copied here from an object store)."""

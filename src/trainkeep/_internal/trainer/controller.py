@@ -22,6 +22,7 @@ from trainkeep._internal.core.manifest import FileEntry
 from trainkeep._internal.engine.checkpoint import Checkpoint
 from trainkeep._internal.engine.manager import CheckpointManager
 from trainkeep._internal.storage import iter_files
+from trainkeep._internal.storage.local import run_all
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer import reported
 from trainkeep._internal.trainer.callbacks import CallbackRunner
@@ -255,16 +256,21 @@ class Controller:
         return rnd.entries + (self._scan_in_place(rnd, rnd.entries) if rnd.no_upload else [])
 
     def _scan_in_place(self, rnd: Round, known: list[FileEntry]) -> list[FileEntry]:
-        """Checksum the files in the staged directory that ``known`` does not list (those nobody uploaded)."""
+        """Checksum the files in the staged directory that ``known`` does not list (those nobody uploaded), and
+        make them durable: a NO_UPLOAD rank wrote them without fsync, and the manifest must follow durable files
+        (DESIGN §5, invariant 1). The directory itself is fsynced by the commit; its subdirectories here."""
         assert rnd.staged is not None
         storage, root = self.manager.storage, rnd.staged.path
         uploaded = {e.path for e in known}
-        entries = []
-        for rel in iter_files(storage, root):
-            if rel in uploaded or is_reserved_file(rel) or rel == MANIFEST_NAME:
-                continue
-            size, digest = storage.checksum(f"{root}/{rel}")
-            entries.append(FileEntry(rel, size, digest))
+        found = [rel for rel in iter_files(storage, root)
+                 if rel not in uploaded and not is_reserved_file(rel) and rel != MANIFEST_NAME]
+        entries = run_all(lambda rel: FileEntry(rel, *storage.seal(f"{root}/{rel}")), found)  # fsyncs overlap
+        subdirs: set[str] = set()
+        for rel in found:
+            parts = rel.split("/")[:-1]
+            subdirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        for sub in sorted(subdirs, key=len, reverse=True):  # each entry, then the one of the directory above it
+            storage.sync_dir(f"{root}/{sub}")
         return entries
 
     # ------------------------------------------------------------------------------------------ collectives
