@@ -16,35 +16,41 @@ Two more systems per size (issue 15, target 3): ``trainkeep-no-upload``, where r
 straight into the run's directory and reports it with ``checkpoint_upload_mode=NO_UPLOAD``, and ``by-hand``, the
 same save into a directory of its own followed by an fsync of each file, the directory and its parent, with no
 library at all (one process): the cost of a durable checkpoint on this disk.
+
+This file holds the command line and the measurement of each system; vs_ray_probes.py the memory, socket and
+storage probes; vs_ray_report.py the targets, the table and the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import nullcontext
 from typing import Any
 
-import psutil
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the siblings below, also when this file is imported from elsewhere
+    sys.path.insert(0, HERE)
+from vs_ray_probes import MemorySampler, is_loopback, raw_copy_seconds, socket_addresses, walk_storage  # noqa: E402
+from vs_ray_report import (  # noqa: E402
+    RAY_SYSTEMS,
+    SYSTEMS,
+    check_targets,
+    machine,
+    print_report,
+    same_kept,
+    write_json,
+)
+
 RESULTS = os.path.join(HERE, "results", "bench_vs_ray.json")
-SYSTEMS = ("ray-default", "ray-fast", "trainkeep", "trainkeep-no-upload", "by-hand")
-RAY_SYSTEMS = ("ray-default", "ray-fast")
-# issue 15, target 3: trainkeep's SYNC round against Ray at its fastest poll, and NO_UPLOAD against the by-hand loop
-SYNC_VS_RAY_LIMIT, NO_UPLOAD_VS_HAND_LIMIT = 0.5, 1.2
 NUM_WORKERS = 2
-SAMPLE_EVERY_S = 0.05
 CHILD_TIMEOUT_S = 900
 # Ray replaces a loopback node address with the machine's routable one unless it believes it runs on a laptop
 # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: single-machine mode); then every Ray process binds 127.0.0.1 only.
@@ -157,97 +163,6 @@ def by_hand_loop(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
         deletes.append(time.perf_counter() - t3)
     return {"rounds": rounds, "saves": saves, "fsyncs": syncs, "deletes": deletes}
 
-
-# ---------------------------------------------------------------------------------------------- measuring
-
-
-class MemorySampler(threading.Thread):
-    """Sum the RSS of this process, its descendants and any process naming ``marker`` every ~50 ms."""
-
-    def __init__(self, marker: str | None) -> None:
-        super().__init__(daemon=True)
-        self.marker, self.me, self.peak_rss, self.peak_processes = marker, psutil.Process(), 0, 0
-        self.extra: dict[int, psutil.Process] = {}  # processes naming the marker, outside our tree
-        self.remote_ips: set[str] = set()
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        last_scan = 0.0
-        while not self._stop_event.is_set():
-            now = time.monotonic()
-            if self.marker and now - last_scan > 1.0:
-                self._scan_for_marker()
-                last_scan = now
-            self.sample()
-            self._stop_event.wait(SAMPLE_EVERY_S)
-
-    def processes(self) -> list[psutil.Process]:
-        """Return the processes to account: this one, its descendants, and the marked ones with theirs."""
-        procs = {self.me.pid: self.me}
-        for root in [self.me, *self.extra.values()]:
-            try:
-                procs[root.pid] = root
-                procs.update({p.pid: p for p in root.children(recursive=True)})
-            except psutil.Error:
-                continue
-        return list(procs.values())
-
-    def sample(self) -> None:
-        total, count = 0, 0
-        for proc in self.processes():
-            try:
-                total += proc.memory_info().rss
-                count += 1
-            except psutil.Error:
-                continue
-        self.peak_rss = max(self.peak_rss, total)
-        self.peak_processes = max(self.peak_processes, count)
-
-    def _scan_for_marker(self) -> None:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmdline = " ".join(proc.info.get("cmdline") or [])
-            if self.marker and self.marker in cmdline:
-                self.extra.setdefault(proc.pid, proc)
-        self.remote_ips |= socket_addresses(self.processes())[1]
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
-def socket_addresses(procs: list[psutil.Process]) -> tuple[set[str], set[str]]:
-    """Return (listening local IPs, connected remote IPs) of the inet sockets of ``procs``."""
-    listening, remote = set(), set()
-    for proc in procs:
-        try:
-            conns = proc.net_connections(kind="inet")
-        except psutil.Error:
-            continue
-        for conn in conns:
-            if conn.status == psutil.CONN_LISTEN and conn.laddr:
-                listening.add(conn.laddr.ip)
-            if conn.raddr:
-                remote.add(conn.raddr.ip)
-    return listening, remote
-
-
-def is_loopback(ip: str) -> bool:
-    """Return whether ``ip`` (v4, v6 or v4-mapped v6) is a loopback address."""
-    address = ipaddress.ip_address(ip.split("%")[0])
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool((mapped or address).is_loopback)
-
-
-def walk_storage(root: str) -> tuple[int, list[float]]:
-    """Return the bytes of the regular files under ``root`` and the losses in its checkpoints' meta.json."""
-    total, losses = 0, []
-    for dirpath, _dirs, files in os.walk(root):
-        paths = [os.path.join(dirpath, name) for name in files]
-        total += sum(os.path.getsize(p) for p in paths if os.path.isfile(p) and not os.path.islink(p))
-        if "meta.json" in files:
-            with open(os.path.join(dirpath, "meta.json")) as f:
-                losses.append(json.load(f)["loss"])
-    return total, sorted(losses)
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -380,27 +295,8 @@ def _ray_network_check(sampler: MemorySampler) -> dict[str, Any]:
             "loopback_only": all(is_loopback(ip) for ip in listening | remote)}
 
 
+
 # ---------------------------------------------------------------------------------------------- the driver
-
-
-def raw_copy_seconds(size_mb: int, root: str) -> dict[str, float]:
-    """Time a plain copy of a just-written S MB file, without and with fsync: the medium's limits here."""
-    out, src, dest = {}, os.path.join(root, "raw_src"), os.path.join(root, "raw_dest")
-    for key in ("copy_s", "copy_fsync_s"):
-        with open(src, "wb") as f:
-            for _ in range(size_mb):
-                f.write(os.urandom(1_000_000))
-        t0 = time.perf_counter()
-        shutil.copyfile(src, dest)
-        if key == "copy_fsync_s":
-            with open(dest, "rb") as f:
-                os.fsync(f.fileno())
-        out[key] = time.perf_counter() - t0
-        os.unlink(src)
-        os.unlink(dest)
-    return out
-
-
 def spawn(system: str, size_mb: int, reports: int, root: str) -> dict[str, Any]:
     """Run one configuration in a fresh subprocess and return its measures (or an error record)."""
     work = tempfile.mkdtemp(prefix=f"{system}-{size_mb}-", dir=root)
@@ -423,128 +319,6 @@ def spawn(system: str, size_mb: int, reports: int, root: str) -> dict[str, Any]:
         return {"system": system, "size_mb": size_mb, "error": f"timed out after {CHILD_TIMEOUT_S} s"}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def lookup(results: list[dict[str, Any]], system: str, size_mb: int) -> dict[str, Any] | None:
-    """Return the successful result of ``system`` at ``size_mb``, or None."""
-    return next((r for r in results if r["system"] == system and r["size_mb"] == size_mb and "error" not in r),
-                None)
-
-
-def best_ray(results: list[dict[str, Any]], size_mb: int, key: str) -> float | None:
-    """Return the better (smaller) value of ``key`` over the Ray runs at ``size_mb``: Ray at its best."""
-    return min((r[key] for r in results if r["system"] in RAY_SYSTEMS and r["size_mb"] == size_mb
-                and "error" not in r), default=None)
-
-
-def overhead(results: list[dict[str, Any]], system: str, size_mb: int) -> float | None:
-    """Return ``system``'s mean round time at ``size_mb`` minus its mean round time at S=0."""
-    with_ckpt, without = lookup(results, system, size_mb), lookup(results, system, 0)
-    return with_ckpt["mean_round_s"] - without["mean_round_s"] if with_ckpt and without else None
-
-
-def check_targets(results: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
-    """Compare trainkeep with Ray(best) against the targets of issue 7; one row per target and size."""
-    rows = []
-    for size in sizes:
-        if (ours := lookup(results, "trainkeep", size)) is None:
-            continue
-        checks = [("fit() to first iteration", "fit_to_first_iteration_s", 1 / 3),
-                  ("peak memory", "peak_rss_bytes", 1 / 3)]
-        if size == 0:
-            checks.insert(0, ("round time, no checkpoint", "mean_round_s", 0.01))
-        cases = [(name, ours[key], best_ray(results, size, key), limit, "") for name, key, limit in checks]
-        # Overhead: against the Ray configuration with the shortest round at this size, minus its own S=0.
-        ray_rounds = {s: r["mean_round_s"] for s in RAY_SYSTEMS if (r := lookup(results, s, size)) is not None}
-        fastest = min(ray_rounds, key=lambda s: ray_rounds[s]) if ray_rounds else ""
-        if size >= 100 and 0 in sizes and fastest:
-            cases.append(("round overhead over S=0", overhead(results, "trainkeep", size),
-                          overhead(results, fastest, size), 1.0, fastest))
-        for name, mine, theirs, limit, against in cases:
-            # A Ray value <= 0 (an overhead hidden inside its polling interval) gives no meaningful ratio.
-            ratio = mine / theirs if mine is not None and theirs is not None and theirs > 0 else None
-            rows.append({"target": name, "size_mb": size, "trainkeep": mine, "ray_best": theirs, "limit": limit,
-                         "ray_config": against, "ratio": ratio, "met": ratio is not None and ratio <= limit})
-    return rows + check_issue15(results, sizes)
-
-
-def check_issue15(results: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
-    """Issue 15, target 3: SYNC round / ray-fast round <= 0.5; NO_UPLOAD round / by-hand round <= 1.2.
-
-    Each SYNC row also carries the floor: the by-hand round (the same save plus one durable write, nothing
-    else) over ray-fast's round. A floor above the limit means no library could meet it on this disk.
-    """
-    rows = []
-    for size in (s for s in sizes if s):
-        fast, ours = lookup(results, "ray-fast", size), lookup(results, "trainkeep", size)
-        hand, in_place = lookup(results, "by-hand", size), lookup(results, "trainkeep-no-upload", size)
-        if fast and ours:
-            floor = hand["mean_round_s"] / fast["mean_round_s"] if hand else None
-            ratio = ours["mean_round_s"] / fast["mean_round_s"]
-            rows.append({"target": "SYNC round vs ray-fast", "size_mb": size, "trainkeep": ours["mean_round_s"],
-                         "ray_best": fast["mean_round_s"], "limit": SYNC_VS_RAY_LIMIT, "ray_config": "ray-fast",
-                         "ratio": ratio, "met": ratio <= SYNC_VS_RAY_LIMIT, "floor_ratio": floor,
-                         "floor_round_s": hand["mean_round_s"] if hand else None,
-                         "save_s": hand["mean_save_s"] if hand else None,
-                         "by_hand_fsync_s": hand["mean_fsync_s"] if hand else None})
-        if hand and in_place:
-            ratio = in_place["mean_round_s"] / hand["mean_round_s"]
-            rows.append({"target": "NO_UPLOAD round vs by hand", "size_mb": size,
-                         "trainkeep": in_place["mean_round_s"], "ray_best": None, "by_hand": hand["mean_round_s"],
-                         "limit": NO_UPLOAD_VS_HAND_LIMIT, "ray_config": "by-hand", "ratio": ratio,
-                         "met": ratio <= NO_UPLOAD_VS_HAND_LIMIT})
-    return rows
-
-
-COLUMNS = (("init s", "init_s", 1), ("fit->1st s", "fit_to_first_iteration_s", 1), ("round s", "mean_round_s", 1),
-           ("save s", "mean_save_s", 1), ("fit s", "fit_s", 1), ("peak RSS MB", "peak_rss_bytes", 1e-6),
-           ("procs", "peak_processes", 1), ("storage MB", "storage_bytes", 1e-6))
-
-
-def print_table(results: list[dict[str, Any]], sizes: list[int], targets: list[dict[str, Any]]) -> None:
-    """Print the measures per size and system, the trainkeep / Ray(best) ratios, and the targets."""
-    print(f"{'S MB':>5} {'system':<20}" + "".join(f"{title:>12}" for title, _, _ in COLUMNS) + "  kept losses")
-    for size in sizes:
-        for r in (r for system in SYSTEMS for r in results if r["system"] == system and r["size_mb"] == size):
-            if "error" in r:
-                print(f"{size:>5} {r['system']:<20} ERROR {r['error'][-300:]}")
-                continue
-            cells = "".join(f"{r[key] * scale:>12.4g}" for _, key, scale in COLUMNS)
-            print(f"{size:>5} {r['system']:<20}{cells}  {r['kept_losses']}")
-        if (ours := lookup(results, "trainkeep", size)) is not None:
-            cells = "".join(f"{ours[key] / best:>12.3g}" if (best := best_ray(results, size, key)) else f"{'-':>12}"
-                            for _, key, _ in COLUMNS)
-            print(f"{'':>5} {'tk/ray(best)':<20}{cells}")
-    for t in targets:
-        ratio = "-" if t["ratio"] is None else f"{t['ratio']:.3g}"
-        against = f" vs {t['ray_config']}" if t["ray_config"] else ""
-        floor = ""
-        if t.get("floor_ratio") is not None:
-            floor = (f"; floor (by-hand/ray-fast) {t['floor_ratio']:.3g}: by-hand save {t['save_s']:.3f} s + fsync "
-                     f"{t['by_hand_fsync_s']:.3f} s, ray-fast round {t['ray_best']:.3f} s")
-        print(f"target {t['target']:<26} S={t['size_mb']:<4} trainkeep/other {ratio:>7} (limit {t['limit']:.3g})"
-              f"{against}: {'met' if t['met'] else 'MISSED'}{floor}")
-
-
-def machine() -> dict[str, Any]:
-    """Describe this machine and the versions that the numbers come from."""
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    versions = {}
-    for module in ("ray", "torch", "trainkeep"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
-    return {"nproc": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "cpu": model, "python": platform.python_version(), "platform": platform.platform(), **versions}
-
-
-def same_kept(results: list[dict[str, Any]], sizes: list[int]) -> dict[str, bool]:
-    """Return, per size, whether every system left the checkpoints that retention must leave."""
-    runs = {size: [r for r in results if r["size_mb"] == size and "error" not in r] for size in sizes}
-    return {str(size): bool(rs) and all(r["kept_losses"] == r["expected_kept_losses"] for r in rs)
-            for size, rs in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -588,18 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine(), "reports": args.reports, "num_workers": NUM_WORKERS, "sizes_mb": sizes,
               "raw_copy": raw_copy, "results": results, "targets": targets,
               "same_checkpoints_kept": same_kept(results, sizes)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
-    print_table(results, sizes, targets)
-    print(f"plain copy of one S MB file, without and with fsync (the medium's limits), s: {raw_copy}")
-    print(f"same checkpoints kept (by loss): {report['same_checkpoints_kept']}")
+    write_json(report, args.out)
+    print_report(report, args.out)
     networks = [r["network"] for r in results if r.get("network")]
-    print(f"ray sockets loopback only in every run: {all(n['loopback_only'] for n in networks)} "
-          f"(listening {sorted({ip for n in networks for ip in n['listening']})}, "
-          f"peers {sorted({ip for n in networks for ip in n['remote']})})")
-    print(f"wrote {args.out}")
     ok = all("error" not in r for r in results) and all(n["loopback_only"] for n in networks)
     return 0 if ok else 1
 
