@@ -104,8 +104,7 @@ def resolve_storage(kind: str, tmp_path: Path, request) -> tuple[str, object, Pa
 @pytest.mark.parametrize("storage_path_type,checkpoint_config", [
     ("nfs", CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max")),
     pytest.param("cloud", CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY,
-                                           checkpoint_score_order="max"),
-                 marks=pytest.mark.skipif(not os.environ.get("CLOUD"), reason="S3 through moto is slow: CLOUD=1")),
+                                           checkpoint_score_order="max"), marks=pytest.mark.slow),
     ("custom_fs", CheckpointConfig()),
 ], ids=["nfs-keep1", "cloud-keep1", "custom_fs-all"])
 def test_trainer(tmp_path, request, storage_path_type, checkpoint_config):
