@@ -26,16 +26,24 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
-from trainkeep._internal.core.config import DEFAULT_STORAGE_PATH, RunConfig, default_run_name
+from trainkeep._internal.core.config import (
+    DEFAULT_STORAGE_PATH,
+    RunConfig,
+    ScalingConfig,
+    ValidationConfig,
+    default_run_name,
+)
 from trainkeep._internal.engine.manager import CheckpointManager
 from trainkeep._internal.storage import resolve
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer import session as session_module
 from trainkeep._internal.trainer.backends.launched import Hello, LaunchedWorkerGroup, Refused, connect
+from trainkeep._internal.trainer.callbacks import CallbackRunner, TrainRunContext
 from trainkeep._internal.trainer.context import TrainContext
 from trainkeep._internal.trainer.controller import Controller
 from trainkeep._internal.trainer.failures import AttemptFailed, pack_exception
 from trainkeep._internal.trainer.session import Session
+from trainkeep._internal.trainer.validation import ValidationRunner, pickled_fn
 from trainkeep._launch_env import LaunchEnv, authkey, read_launch_env
 from trainkeep.errors import ConfigTypeError, SessionError, TrainingFailedError
 
@@ -99,7 +107,8 @@ class LaunchedContext(TrainContext):
 class _Host:
     """Rank 0's side: the open run and the controller thread that serves every rank's connection."""
 
-    def __init__(self, env: LaunchEnv, run_config: RunConfig, key: bytes, timeout_s: float) -> None:
+    def __init__(self, env: LaunchEnv, run_config: RunConfig, key: bytes, timeout_s: float,
+                 validation_config: ValidationConfig | None) -> None:
         # 1. Open the run (resume it, take its lock: a dead holder's, e.g. a killed attempt's rank 0, is taken over).
         storage_path = str(run_config.storage_path or DEFAULT_STORAGE_PATH)
         name = run_config.name or _default_name(env, storage_path, run_config)
@@ -107,13 +116,19 @@ class _Host:
         storage, run_path = resolve(run_url, run_config.storage_filesystem)
         assert run_config.checkpoint_config is not None
         spec = p.WorkerSpec(_script, None, False, env.world_size, name, storage_path, run_path, storage.fs,
-                            run_config.checkpoint_config, None)
+                            run_config.checkpoint_config, None, validation=validation_config is not None)
         self.spec = cloudpickle.dumps(spec)
+        if validation_config is not None:
+            pickled_fn(validation_config)  # an unpicklable function fails here, before any write
         self.manager = CheckpointManager(run_url, run_config.checkpoint_config, run_config.storage_filesystem)
         try:
-            # 2. Listen where the ranks look for rank 0.
+            # 2. Listen where the ranks look for rank 0; the driver-side hooks: callbacks and validations.
             self.group = LaunchedWorkerGroup((env.master_addr, env.port), key, timeout_s)
             start = self.manager.resume_checkpoint()
+            context = TrainRunContext(run_config, None, ScalingConfig(num_workers=env.world_size), self.manager.path,
+                                      self.manager.storage.fs, self.manager.storage.is_local)
+            self.callbacks = CallbackRunner(run_config.callbacks or [], context)
+            self.validations = ValidationRunner(self.manager, validation_config) if validation_config else None
         except BaseException:
             self.manager.close("failed")
             raise
@@ -135,8 +150,13 @@ class _Host:
             self.group.start([{}] * self.env.world_size)
             for rank, (local_rank, local_size, node_rank) in place(self.group.hellos).items():
                 self.group.send(rank, Joined(self.spec, self.start, local_rank, local_size, node_rank))
-            controller = Controller(self.manager, self.group, self.env.world_size, self.timeout_s, self.start)
+            if self.validations is not None:
+                self.validations.start()  # also re-queues what an earlier attempt left pending
+            controller = Controller(self.manager, self.group, self.env.world_size, self.timeout_s, self.start,
+                                    callbacks=self.callbacks, validations=self.validations)
             controller.run()
+            if self.validations is not None:
+                self.validations.drain()  # the run ends once its validations have
             status = "finished"
         except AttemptFailed as failed:
             self.error = _launched_error(failed, self.env)
@@ -147,6 +167,9 @@ class _Host:
                 self._stop_ranks()
             if controller is not None:
                 controller.discard()
+            if self.validations is not None:
+                self.validations.stop()  # one cut short stays pending in the run index, for the next attempt
+            self.callbacks.close()
             self.manager.protected = set()
             self._close(status)
 
@@ -228,7 +251,8 @@ class _LaunchedSession(Session):
 _current: _LaunchedSession | None = None
 
 
-def init(run_config: RunConfig | None = None, *, port: int | None = None) -> TrainContext:
+def init(run_config: RunConfig | None = None, *, port: int | None = None,
+         validation_config: ValidationConfig | None = None) -> TrainContext:
     """Join the run as one rank of a script started by torchrun, srun or mpirun; return this rank's context.
 
     A collective: it returns once every rank joined. Rank 0 opens (or resumes) the run and hosts its controller
@@ -236,6 +260,8 @@ def init(run_config: RunConfig | None = None, *, port: int | None = None) -> Tra
     ``report()``, ``get_checkpoint()`` and ``get_context()`` work as inside a trainer; :func:`shutdown` (also run
     at interpreter exit) ends the session. Without ``RunConfig(name=...)`` the run is named after the job
     (``SLURM_JOB_ID``, torchrun's ``--rdzv-id``) when there is one, else after the time: name it to resume.
+    Rank 0 calls ``run_config.callbacks`` and runs the validations of ``validation_config`` (for
+    ``report(..., validation=...)``) as a trainer's driver does; give every rank the same arguments.
 
     Raises:
         ConfigError naming the variables when the launcher's environment is missing or inconsistent;
@@ -251,13 +277,16 @@ def init(run_config: RunConfig | None = None, *, port: int | None = None) -> Tra
                            "call trainkeep.shutdown() first")
     if run_config is not None and not isinstance(run_config, RunConfig):
         raise ConfigTypeError(f"run_config must be a trainkeep.RunConfig, got {run_config!r}")
+    if validation_config is not None and not isinstance(validation_config, ValidationConfig):
+        raise ConfigTypeError(f"validation_config must be None or a trainkeep.ValidationConfig, got "
+                              f"{validation_config!r}")
     run_config = run_config or RunConfig()
     # 1. Where this rank stands, from its launcher; the same key on every rank of this attempt.
     env = read_launch_env(os.environ, port)
     key = authkey(env, os.environ)
     timeout_s = float(run_config.report_timeout_s or DEFAULT_TIMEOUT_S)
     # 2. Rank 0 opens the run and listens; then every rank (rank 0 too) connects and waits for the others.
-    host = _Host(env, run_config, key, timeout_s) if env.rank == 0 else None
+    host = _Host(env, run_config, key, timeout_s, validation_config) if env.rank == 0 else None
     hello = Hello(env.rank, env.world_size, socket.gethostname(), os.getpid(), env.local_rank, env.local_world_size,
                   env.node_rank)
     conn = connect((env.master_addr, env.port), key, hello, timeout_s)
