@@ -51,6 +51,19 @@ def test_run_reports_and_checkpoints_with_both_ranks_in_each_round(tmp_path: Pat
     assert result.checkpoint is not None and result.checkpoint.path.endswith("checkpoint_000002")
 
 
+def test_validations_run_on_rank_0_and_their_scores_rank_the_checkpoints(tmp_path: Path, out: Path) -> None:
+    storage = tmp_path / "storage"
+    proc = torchrun({"storage": str(storage), "name": "run", "epochs": 4, "out": str(out), "validate": True})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = tk.Result.from_path(str(storage / "run"))
+    # validated scores 9, 10, 9, 8: the best is epoch 1 (kept with the latest), though nothing reported "val"
+    [(best, metrics)] = result.best_checkpoints
+    assert best.path.endswith("checkpoint_000001")
+    assert metrics == {"epoch": 1, "rank": 0, "val": 10, "val_shards": 2}
+    assert sorted(n for n in os.listdir(storage / "run") if n.startswith("checkpoint_")) == [
+        "checkpoint_000001", "checkpoint_000003"]
+
+
 def test_a_rank_killed_resumes_from_the_latest_checkpoint_after_an_elastic_restart(tmp_path: Path, out: Path) -> None:
     storage = tmp_path / "storage"
     proc = torchrun({"storage": str(storage), "name": "run", "epochs": 4, "out": str(out), "kill": [1, 2]},
