@@ -38,12 +38,12 @@ from trainkeep._internal.storage import resolve
 from trainkeep._internal.trainer import protocol as p
 from trainkeep._internal.trainer import session as session_module
 from trainkeep._internal.trainer.backends.launched import Hello, LaunchedWorkerGroup, Refused, connect
-from trainkeep._internal.trainer.callbacks import CallbackRunner, TrainRunContext
+from trainkeep._internal.trainer.callbacks import CallbackRunner
 from trainkeep._internal.trainer.context import TrainContext
 from trainkeep._internal.trainer.controller import Controller
 from trainkeep._internal.trainer.failures import AttemptFailed, pack_exception
 from trainkeep._internal.trainer.session import Session
-from trainkeep._internal.trainer.validation import ValidationRunner, pickled_fn
+from trainkeep._internal.trainer.validation import pickled_fn, validations_beside
 from trainkeep._launch_env import LaunchEnv, authkey, read_launch_env
 from trainkeep.errors import ConfigTypeError, SessionError, TrainingFailedError
 
@@ -125,10 +125,8 @@ class _Host:
             # 2. Listen where the ranks look for rank 0; the driver-side hooks: callbacks and validations.
             self.group = LaunchedWorkerGroup((env.master_addr, env.port), key, timeout_s)
             start = self.manager.resume_checkpoint()
-            context = TrainRunContext(run_config, None, ScalingConfig(num_workers=env.world_size), self.manager.path,
-                                      self.manager.storage.fs, self.manager.storage.is_local)
-            self.callbacks = CallbackRunner(run_config.callbacks or [], context)
-            self.validations = ValidationRunner(self.manager, validation_config) if validation_config else None
+            self.callbacks = CallbackRunner.for_run(run_config, None, ScalingConfig(num_workers=env.world_size),
+                                                    self.manager)
         except BaseException:
             self.manager.close("failed")
             raise
@@ -136,7 +134,7 @@ class _Host:
             logger.info("resuming run %s from checkpoint %s", self.manager.path, start.path)
         self.start = start.path if start is not None else None
         self.manager.protected = {self.start.rstrip("/").rpartition("/")[2]} if self.start else set()
-        self.env, self.timeout_s = env, timeout_s
+        self.env, self.timeout_s, self.validation_config = env, timeout_s, validation_config
         self.error: BaseException | None = None
         # 3. Serve the ranks in the background: rank 0's own script runs on in the main thread.
         self.thread = threading.Thread(target=self._serve, name="trainkeep-controller", daemon=True)
@@ -150,13 +148,10 @@ class _Host:
             self.group.start([{}] * self.env.world_size)
             for rank, (local_rank, local_size, node_rank) in place(self.group.hellos).items():
                 self.group.send(rank, Joined(self.spec, self.start, local_rank, local_size, node_rank))
-            if self.validations is not None:
-                self.validations.start()  # also re-queues what an earlier attempt left pending
-            controller = Controller(self.manager, self.group, self.env.world_size, self.timeout_s, self.start,
-                                    callbacks=self.callbacks, validations=self.validations)
-            controller.run()
-            if self.validations is not None:
-                self.validations.drain()  # the run ends once its validations have
+            with validations_beside(self.manager, self.validation_config) as validations:
+                controller = Controller(self.manager, self.group, self.env.world_size, self.timeout_s, self.start,
+                                        callbacks=self.callbacks, validations=validations)
+                controller.run()
             status = "finished"
         except AttemptFailed as failed:
             self.error = _launched_error(failed, self.env)
@@ -167,8 +162,6 @@ class _Host:
                 self._stop_ranks()
             if controller is not None:
                 controller.discard()
-            if self.validations is not None:
-                self.validations.stop()  # one cut short stays pending in the run index, for the next attempt
             self.callbacks.close()
             self.manager.protected = set()
             self._close(status)

@@ -25,6 +25,7 @@ from trainkeep.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from trainkeep._internal.core.config import RunConfig, ScalingConfig
+    from trainkeep._internal.engine.manager import CheckpointManager
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,14 @@ class CallbackRunner:
     def __init__(self, callbacks: Sequence[UserCallback], context: TrainRunContext | None) -> None:
         self.callbacks, self.context = list(callbacks), context
         self._metrics: dict[int, dict[int, dict[str, Any]]] = {}  # round index -> rank -> metrics
+
+    @classmethod
+    def for_run(cls, run_config: RunConfig, train_loop_config: dict[str, Any] | None, scaling_config: ScalingConfig,
+                manager: CheckpointManager) -> CallbackRunner:
+        """Return the runner of ``run_config.callbacks`` for the run ``manager`` holds open."""
+        context = TrainRunContext(run_config, train_loop_config, scaling_config, manager.path, manager.storage.fs,
+                                  manager.storage.is_local)
+        return cls(run_config.callbacks or [], context)
 
     def add_metrics(self, index: int, rank: int, metrics: Mapping[str, Any] | None) -> None:
         """Remember what ``rank`` reported in round ``index`` (nothing is kept without callbacks)."""

@@ -30,13 +30,13 @@ from trainkeep._internal.storage import Storage, resolve
 from trainkeep._internal.trainer import datasets as datasets_module
 from trainkeep._internal.trainer import interrupt, sources
 from trainkeep._internal.trainer import protocol as p
-from trainkeep._internal.trainer.callbacks import CallbackRunner, TrainRunContext
+from trainkeep._internal.trainer.callbacks import CallbackRunner
 from trainkeep._internal.trainer.controller import Controller
 from trainkeep._internal.trainer.datasets import DataConfig
 from trainkeep._internal.trainer.executors import local_thread_env, place_workers, resolve_executor
 from trainkeep._internal.trainer.failures import AttemptFailed
 from trainkeep._internal.trainer.setup import WorkerSetup
-from trainkeep._internal.trainer.validation import ValidationRunner, pickled_fn
+from trainkeep._internal.trainer.validation import ValidationRunner, pickled_fn, validations_beside
 from trainkeep.errors import ConfigError, ConfigTypeError
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ class DataParallelTrainer:
             raise interrupt.interrupted(interrupt.summary(None)) from None
         # 3. Run attempts until one succeeds, the input is bad, or no retries are left; then let the pending
         #    validations end (a validation cut short stays pending in the run index, for the next fit()).
-        self._callbacks = self._callback_runner(manager)
+        self._callbacks = CallbackRunner.for_run(self.run_config, self.train_loop_config, self.scaling_config,
+                                                 manager)
         try:
             value = self._run_with_validations(manager, spec)
             result = _result(manager, value)
@@ -188,11 +189,6 @@ class DataParallelTrainer:
             self._callbacks.close()
         manager.close("finished")
         return result
-
-    def _callback_runner(self, manager: CheckpointManager) -> CallbackRunner:
-        context = TrainRunContext(self.run_config, self.train_loop_config, self.scaling_config, manager.path,
-                                  manager.storage.fs, manager.storage.is_local)
-        return CallbackRunner(self.run_config.callbacks or [], context)
 
     def _driver_storage(self, run_url: str) -> Storage | None:
         """Return the driver's storage wrapped for a test, or None (the manager's own) when no wrapper is set."""
@@ -231,21 +227,8 @@ class DataParallelTrainer:
             ) from exc
 
     def _run_with_validations(self, manager: CheckpointManager, spec: bytes) -> Any:
-        if self.validation_config is None:
-            pending = [n for n, v in manager.validations().items() if v["status"] == "PENDING_VALIDATION"]
-            if pending:
-                logger.warning("run %s has checkpoints whose validation is pending (%s), but this trainer has no "
-                               "validation_config: they stay pending (and are kept)", manager.path,
-                               ", ".join(pending))
-            return self._run_attempts(manager, spec, None)
-        runner = ValidationRunner(manager, self.validation_config)
-        runner.start()
-        try:
-            value = self._run_attempts(manager, spec, runner)
-            runner.drain()
-            return value
-        finally:
-            runner.stop()
+        with validations_beside(manager, self.validation_config) as runner:
+            return self._run_attempts(manager, spec, runner)
 
     def _run_attempts(self, manager: CheckpointManager, spec: bytes, runner: ValidationRunner | None) -> Any:
         """Start the worker group from the latest checkpoint until an attempt succeeds; return rank 0's value."""

@@ -23,6 +23,7 @@ index, say) travels whole, once to each worker, which wraps it in a lazy view of
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, overload
@@ -338,3 +339,31 @@ def resolve_ray(name: str, dataset: Any) -> Any:
                               f"{getattr(dataset, '__name__', dataset)!r} returned a {type(made).__name__}")
     return made
 
+
+
+def split_ray(datasets: Mapping[str, Any], config: DataConfig, node_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Return each rank's ``ray.data`` iterators, by dataset name, for ranks placed on ``node_ids``.
+
+    Each dataset (or what its function returns, called now: once per attempt, as Ray Train does) is split with
+    ``streaming_split(len(node_ids), equal=True)``, the node ids as locality hints when ``config`` asks for them,
+    so every rank gets the same number of rows (up to ``len(node_ids) - 1`` rows are dropped when they do not
+    divide); one that ``config`` does not split gives every rank an iterator of all of it.
+
+    Raises:
+        ConfigTypeError (a TypeError) when a dataset function returned something else than a Dataset.
+    """
+    shards: list[dict[str, Any]] = [{} for _ in node_ids]
+    for name, dataset in datasets.items():
+        ds = resolve_ray(name, dataset)
+        options = config.options_for(name)
+        if options is not None:  # on a copy: the user's dataset keeps its own
+            ds = ds.copy(ds)
+            ds.context.execution_options = copy.deepcopy(options)
+        if config.is_split(name):
+            hints = list(node_ids) if config.enable_shard_locality else None
+            splits = ds.streaming_split(len(node_ids), equal=True, locality_hints=hints)
+        else:
+            splits = [ds.iterator() for _ in node_ids]
+        for rank, iterator in enumerate(splits):
+            shards[rank][name] = iterator
+    return shards

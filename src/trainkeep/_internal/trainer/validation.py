@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -262,6 +263,27 @@ class ValidationRunner:
             if self._stopping:
                 return None
             return _read_result(result_path, proc.returncode)
+
+
+@contextlib.contextmanager
+def validations_beside(manager: CheckpointManager, config: ValidationConfig | None) -> Iterator[ValidationRunner | None]:
+    """Run ``config``'s validations beside the attempts of a run: yield the started runner (None without a
+    config, with a warning for any validation an earlier run left pending); on a normal exit wait for the queued
+    validations, and on any exit stop the runner (a validation cut short stays pending in the run index)."""
+    if config is None:
+        pending = [n for n, v in manager.validations().items() if v["status"] == "PENDING_VALIDATION"]
+        if pending:
+            logger.warning("run %s has checkpoints whose validation is pending (%s), but no validation_config "
+                           "was given: they stay pending (and are kept)", manager.path, ", ".join(pending))
+        yield None
+        return
+    runner = ValidationRunner(manager, config)
+    runner.start()  # also re-queues what an earlier attempt left pending
+    try:
+        yield runner
+        runner.drain()  # the run ends once its validations have
+    finally:
+        runner.stop()
 
 
 def pickled_fn(config: ValidationConfig) -> bytes:

@@ -14,7 +14,6 @@ died) or Ray reports its actor dead (its node died, even if no socket noticed). 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import select
@@ -26,7 +25,7 @@ from typing import Any
 
 from trainkeep._internal.core.config import ScalingConfig
 from trainkeep._internal.trainer.backends.placement import Landing, assign_ranks, check_fits, worker_bundle
-from trainkeep._internal.trainer.datasets import DataConfig, resolve_ray
+from trainkeep._internal.trainer.datasets import DataConfig, split_ray
 from trainkeep._internal.trainer.group import Event, Exited, Message, WorkerGroup
 from trainkeep._internal.trainer.protocol import Layout
 from trainkeep.errors import ConfigError, PlacementTimeoutError, WorkerStartError
@@ -194,33 +193,13 @@ class RayWorkerGroup(WorkerGroup):
                 "or object storage such as storage_path='s3://bucket/runs'.")
 
     def split_datasets(self, datasets: dict[str, Any], config: DataConfig) -> None:
-        """Split each ``ray.data`` dataset among the placed ranks; rank r's iterators go with its start.
-
-        Each dataset (or what its function returns, called now: once per attempt, as Ray Train does) is split
-        with ``streaming_split(world_size, equal=True)`` and the ranks' node ids as locality hints, so every
-        rank gets the same number of rows (up to ``world_size - 1`` rows are dropped when they do not divide);
-        one that ``config`` does not split gives every rank an iterator of all of it. Ray carries the
-        iterators to the actors with the call that starts them.
+        """Split each ``ray.data`` dataset among the placed ranks (``datasets.split_ray``, with the ranks' node
+        ids as locality hints); Ray carries rank r's iterators to its actor with the call that starts it.
 
         Raises:
             ConfigTypeError (a TypeError) when a dataset function returned something else than a Dataset.
         """
-        node_ids = [r.landing.node_id for r in self._ranks]
-        shards: list[dict[str, Any]] = [{} for _ in node_ids]
-        for name, dataset in datasets.items():
-            ds = resolve_ray(name, dataset)
-            options = config.options_for(name)
-            if options is not None:  # on a copy: the user's dataset keeps its own
-                ds = ds.copy(ds)
-                ds.context.execution_options = copy.deepcopy(options)
-            if config.is_split(name):
-                hints = node_ids if config.enable_shard_locality else None
-                splits = ds.streaming_split(len(node_ids), equal=True, locality_hints=hints)
-            else:
-                splits = [ds.iterator() for _ in node_ids]
-            for rank, iterator in enumerate(splits):
-                shards[rank][name] = iterator
-        self._shards = shards
+        self._shards = split_ray(datasets, config, [r.landing.node_id for r in self._ranks])
 
     # ------------------------------------------------------------------------------------------ WorkerGroup
 
