@@ -38,7 +38,7 @@ class Checkpoint:
         else:  # a pyarrow.fs.FileSystem (what Ray's Checkpoint takes) is wrapped, as RunConfig's is
             from trainkeep._internal.storage.resolution import as_fsspec
 
-            filesystem = as_fsspec(filesystem)
+            filesystem = as_fsspec(filesystem, "Checkpoint filesystem")
         if hasattr(filesystem, "_strip_protocol"):
             path = filesystem._strip_protocol(path)
         self.filesystem: fsspec.AbstractFileSystem = filesystem

@@ -81,11 +81,11 @@ def storage_for(fs: fsspec.AbstractFileSystem, timeouts: Timeouts | None = None)
     return FsspecStorage(fs, timeouts=timeouts)
 
 
-def as_fsspec(filesystem: Any) -> fsspec.AbstractFileSystem:
+def as_fsspec(filesystem: Any, field: str = "storage_filesystem") -> fsspec.AbstractFileSystem:
     """Return ``filesystem`` as an fsspec filesystem: pyarrow's local one becomes fsspec's, others are wrapped.
 
     Raises:
-        ConfigTypeError for anything else, naming its type.
+        ConfigTypeError for anything else, naming ``field`` and the type.
     """
     if isinstance(filesystem, fsspec.AbstractFileSystem):
         return filesystem
@@ -96,6 +96,6 @@ def as_fsspec(filesystem: Any) -> fsspec.AbstractFileSystem:
 
         return ArrowFSWrapper(filesystem)
     raise ConfigTypeError(
-        "storage_filesystem must be an fsspec filesystem or a pyarrow.fs.FileSystem, got "
+        f"{field} must be an fsspec filesystem or a pyarrow.fs.FileSystem, got "
         f"{type(filesystem).__name__} ({filesystem!r})"
     )
